@@ -1,0 +1,161 @@
+"""``bise`` local mode: arguments in, progress out, nothing else.
+
+``bise prune MODEL --data URI --out DIR`` runs a whole job without any server;
+``bise train-vanilla`` trains a plain (biased) model on a dataset, for demos and trials;
+``bise units MODEL --data URI`` lists what would be pruned.
+Hyperparameter flags are generated from :class:`BiseConfig`, so the CLI can never drift
+from the job schema. Input errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from bise_core.config import BiseConfig
+from bise_core.errors import BiseInputError
+
+EXIT_INPUT_ERROR = 2
+_SPECIAL = {"seed", "device"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _scalar_type(annotation: Any) -> tuple[Any, list[str] | None]:
+    """(argparse type, choices) for a BiseConfig field annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _scalar_type(args[0])
+    if origin is typing.Literal:
+        return str, [str(a) for a in typing.get_args(annotation)]
+    if annotation is bool:
+        return lambda v: v.lower() in {"1", "true", "yes", "on"}, None
+    return (annotation if annotation in (int, float, str) else str), None
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("hyperparameters (defaults come from --preset)")
+    for name, field in BiseConfig.model_fields.items():
+        kind, choices = _scalar_type(field.annotation)
+        help_text = field.description or ""
+        default_note = f" (default: {field.default})" if field.default is not None else ""
+        target = parser if name in _SPECIAL else group
+        target.add_argument(_flag(name), dest=name, type=kind, choices=choices, default=None,
+                            help=help_text + default_note)
+
+
+def config_from_args(ns: argparse.Namespace) -> BiseConfig:
+    values = {name: getattr(ns, name) for name in BiseConfig.model_fields if getattr(ns, name, None) is not None}
+    return BiseConfig(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bise", description="Debias a trained model by pruning (BISE).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prune = sub.add_parser("prune", help="find a bias-invariant subnetwork of MODEL")
+    prune.add_argument("model", type=Path, help="TorchScript (torch.jit.save) or torch.export (.pt2) archive")
+    prune.add_argument("--data", required=True, help="dataset URI: path, file://, or builtin:NAME?k=v")
+    prune.add_argument("--out", required=True, type=Path, help="output directory")
+    prune.add_argument("--json-progress", action="store_true", help="one JSON line per step on stdout")
+    prune.add_argument("--data-root", action="append", type=Path, default=None,
+                       help="only read datasets under this folder (repeatable)")
+    _add_config_flags(prune)
+
+    train = sub.add_parser("train-vanilla", help="train a plain model on a dataset (for trials and demos)")
+    train.add_argument("--data", required=True)
+    train.add_argument("--arch", default="cnn")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--format", choices=["torchscript", "traced", "export"], default="torchscript")
+    train.add_argument("--out", required=True, type=Path)
+
+    units = sub.add_parser("units", help="list the prunable units MODEL has")
+    units.add_argument("model", type=Path)
+    units.add_argument("--data", required=True)
+    units.add_argument("--classifier", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prune":
+            return _cmd_prune(args)
+        if args.command == "train-vanilla":
+            return _cmd_train(args)
+        return _cmd_units(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "hyperparameters"
+        print(f"bise: error: {_flag(field) if field in BiseConfig.model_fields else field}: {first['msg']}",
+              file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except BiseInputError as exc:
+        print(f"bise: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from bise_core.pipeline import prune
+    from bise_core.progress import JsonLinesProgress, ProgressBar, print_summary
+
+    config = config_from_args(args)
+    progress = JsonLinesProgress(sys.stdout) if args.json_progress else ProgressBar()
+    try:
+        result = prune(args.model, args.data, args.out, config, on_progress=progress, data_roots=args.data_root)
+    finally:
+        progress.close()
+    if args.json_progress:
+        print(json.dumps({"type": "result", "verdict": result.report["verdict"],
+                          "files": {k: str(v) for k, v in result.files.items()}}), flush=True)
+    else:
+        print_summary(result.report, result.files)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bise_core import zoo
+    from bise_core.data import open_dataset
+    from bise_core.vanilla import save_archive, train_vanilla
+
+    data = open_dataset(args.data)
+    train = data.splits["train"]
+    try:
+        model = zoo.build(args.arch, data.input_shape, data.num_classes)
+    except ValueError as exc:
+        raise BiseInputError(str(exc), param="arch") from exc
+    train_vanilla(model, train, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    save_archive(model, train.x[:2], args.out, args.format)
+    print(f"saved {args.format} model to {args.out}")
+    return 0
+
+
+def _cmd_units(args: argparse.Namespace) -> int:
+    from bise_core.data import open_dataset
+    from bise_core.models import load_model
+    from bise_core.units import find_units
+
+    data = open_dataset(args.data)
+    loaded = load_model(args.model, data.splits["train"].x[:2])
+    graph = find_units(loaded.graph_module, classifier=args.classifier)
+    print(f"classifier: {graph.classifier} ({graph.num_classes} outputs)")
+    for unit in graph.units:
+        print(f"  {unit.name:40s} {unit.kind:6s} {unit.size:6d} units  zeroes {', '.join(unit.zero_params)}")
+    print(f"total: {graph.total_units} units in {len(graph.units)} layers")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The BISE optimisation loop: tau schedule, mask/aux alternation, validation selection.
+
+Only the gates' m and the auxiliary heads are trained; the network stays frozen. Every tau
+period ends with (1) the aux heads refreshed on the current pruned bottleneck, and (2) the
+validation unbiased accuracy of the current hard mask, so the best mask can be kept and a
+mask that is worse than the dense model is never returned silently.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from bise_core.config import BiseConfig
+from bise_core.data.splits import Dataset, Split
+from bise_core.evaluate import predict, unbiased_accuracy
+from bise_core.gates import GatedModel
+from bise_core.objective import AuxHeads, Objective, group_weights, train_heads
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+StopCheck = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised between steps when the caller asked to stop (cooperative cancel)."""
+
+
+@dataclass
+class LoopResult:
+    masks: list[torch.Tensor]
+    history: list[dict[str, Any]]
+    selection: dict[str, Any]
+    epochs_run: int
+    seconds: float
+    dense_val_unbiased: float | None = None
+    val_unbiased: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _has_two_groups(split: Split | None) -> bool:
+    if split is None or len(split) == 0:
+        return False
+    keys = torch.cat([split.y[:, None], split.b], dim=1)
+    return len(torch.unique(keys, dim=0)) >= 2
+
+
+def _mask_optimizer(cfg: BiseConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (the paper's) or Adam, whose per-unit step size does not depend on how large a
+    layer's gradients are (a conv gate sums over every pixel, a linear gate does not)."""
+    lr, wd = float(cfg.mask_lr), float(cfg.weight_decay)  # type: ignore[arg-type]
+    if cfg.mask_optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(float(cfg.momentum), 0.999), weight_decay=wd)  # type: ignore[arg-type]
+    return torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), weight_decay=wd)  # type: ignore[arg-type]
+
+
+class BiseLoop:
+    """One run of BISE on a gated model. Construct, then call :meth:`run`."""
+
+    def __init__(
+        self,
+        config: BiseConfig,
+        gated: GatedModel,
+        data: Dataset,
+        on_progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> None:
+        self.cfg = config
+        self.gated = gated.to(config.device)
+        self.data = data
+        self.train = data.splits["train"]
+        self.val = data.splits.get("val")
+        self.on_progress = on_progress or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.gen = seed_everything(config.seed)
+        self.device = config.device
+        self.weights = group_weights(self.train.y, self.train.b)
+        self.objective = Objective(
+            self.train,
+            data.num_classes,
+            data.bias_cardinalities,
+            gamma=float(config.gamma),  # type: ignore[arg-type]
+            estimator=str(config.mi_estimator),
+            samples=str(config.mi_samples),
+        )
+        z_dim = self._features().shape[1]
+        self.heads = AuxHeads(z_dim, data.bias_cardinalities).to(self.device)
+        self.optimizer = _mask_optimizer(config, gated.mask_parameters())
+        selection = config.selection or ("best_val" if _has_two_groups(self.val) else "last")
+        if selection == "best_val" and not _has_two_groups(self.val):
+            selection = "last"
+        self.selection_mode = selection
+
+    # -- pieces -------------------------------------------------------------------------
+    def _features(self, mode: str = "hard") -> torch.Tensor:
+        self.gated.set_mode(mode)
+        _, z = predict(self.gated, self.train.x, self.cfg.eval_batch_size, self.device)
+        return z.to(self.device)
+
+    def _refresh_heads(self, epochs: int) -> None:
+        """Retrain the aux heads to predict b from the *current* pruned bottleneck."""
+        if epochs <= 0:
+            return
+        b = self.train.b.to(self.device)
+        kwargs = dict(lr=float(self.cfg.aux_lr), optimizer=str(self.cfg.aux_optimizer),  # type: ignore[arg-type]
+                      batch_size=int(self.cfg.batch_size), generator=self.gen)  # type: ignore[arg-type]
+        self.heads.requires_grad_(True)
+        if self.cfg.aux_cached_features:
+            train_heads(self.heads, self._features(), b, epochs=epochs, **kwargs)  # type: ignore[arg-type]
+        else:  # the paper's way: a fresh pass through the network for every head epoch
+            for _ in range(epochs):
+                train_heads(self.heads, self._features(), b, epochs=1, **kwargs)  # type: ignore[arg-type]
+        self.heads.requires_grad_(False)
+
+    def _val_score(self) -> float | None:
+        if self.val is None or not _has_two_groups(self.val):
+            return None
+        self.gated.set_mode("hard")
+        return unbiased_accuracy(self.gated, self.val, self.cfg.eval_batch_size, self.device)
+
+    def _mask_epoch(self, epoch: int, tau: float, step0: int, total_steps: int) -> dict[str, float]:
+        self.gated.set_mode("soft")
+        self.gated.set_tau(tau)
+        n, bs = len(self.train), int(self.cfg.batch_size)  # type: ignore[arg-type]
+        order = torch.randperm(n, generator=self.gen)
+        sums = {"loss": 0.0, "ce": 0.0, "mi": 0.0}
+        batches = 0
+        for start in range(0, n, bs):
+            if self.should_stop():
+                raise Cancelled()
+            idx = order[start : start + bs]
+            x = self.train.x[idx].to(self.device, non_blocking=True)
+            y = self.train.y[idx].to(self.device)
+            b = self.train.b[idx].to(self.device)
+            w = self.weights[idx].to(self.device)
+            logits, z = self.gated(x)
+            loss, parts = self.objective.loss(logits, self.heads(z), y, b, w)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            batches += 1
+            for key in sums:
+                sums[key] += parts[key]
+            self.on_progress(
+                {"type": "step", "epoch": epoch, "step": step0 + batches, "total_steps": total_steps,
+                 "tau": tau, **parts, "units_kept": self.gated.units_kept(),
+                 "units_total": self.gated.units.total_units}
+            )
+        return {k: v / max(batches, 1) for k, v in sums.items()}
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        started = time.perf_counter()
+        cfg = self.cfg
+        total_epochs = cfg.schedule_epochs()
+        steps_per_epoch = -(-len(self.train) // int(cfg.batch_size))  # type: ignore[arg-type]
+        total_steps = total_epochs * steps_per_epoch
+
+        self.gated.set_mode("dense")
+        dense_val = self._val_score()
+        self.gated.set_mode("soft")
+        self._refresh_heads(int(cfg.aux_pretrain_epochs))  # type: ignore[arg-type]
+
+        all_kept = [torch.ones(g.m.shape[0], dtype=torch.bool) for g in self.gated.gates]
+        best = {"masks": all_kept, "score": dense_val, "period": 0, "epoch": 0}
+        history: list[dict[str, Any]] = []
+        tau, epoch, period, unchanged = float(cfg.tau_0), 0, 0, 0  # type: ignore[arg-type]
+        previous = self.gated.keep_masks()
+        early_stopped = False
+        while tau >= float(cfg.tau_min) and epoch < total_epochs:  # type: ignore[arg-type]
+            parts = self._mask_epoch(epoch, tau, epoch * steps_per_epoch, total_steps)
+            epoch += 1
+            if epoch % int(cfg.tau_period) != 0 and epoch < total_epochs:  # type: ignore[arg-type]
+                continue
+            period += 1
+            tau *= float(cfg.tau_decay)  # type: ignore[arg-type]
+            self._refresh_heads(int(cfg.aux_epochs))  # type: ignore[arg-type]
+            current = self.gated.keep_masks()
+            score = self._val_score()
+            record = {"period": period, "epoch": epoch, "tau": tau, **parts,
+                      "units_kept": int(sum(int(m.sum()) for m in current)),
+                      "units_total": self.gated.units.total_units, "val_unbiased_accuracy": score}
+            history.append(record)
+            self.on_progress({"type": "period", **record})
+            if score is not None and (best["score"] is None or score > best["score"]):
+                best = {"masks": current, "score": score, "period": period, "epoch": epoch}
+            same = all(torch.equal(a, b) for a, b in zip(previous, current))
+            unchanged = unchanged + 1 if same else 0
+            previous = current
+            if cfg.early_stop_periods and unchanged >= int(cfg.early_stop_periods):  # type: ignore[arg-type]
+                early_stopped = True
+                break
+
+        final = self.gated.keep_masks()
+        if self.selection_mode == "best_val":
+            masks = best["masks"]
+            kept_dense = best["period"] == 0
+            reason = (
+                "no period beat the dense model on val unbiased accuracy; the dense mask is kept"
+                if kept_dense
+                else f"period {best['period']} had the best val unbiased accuracy"
+            )
+            selection = {"mode": "best_val", "period": best["period"], "epoch": best["epoch"],
+                         "val_unbiased_accuracy": best["score"], "dense_val_unbiased_accuracy": dense_val,
+                         "reason": reason}
+        else:
+            masks = final
+            selection = {"mode": "last", "period": period, "epoch": epoch,
+                         "val_unbiased_accuracy": history[-1]["val_unbiased_accuracy"] if history else None,
+                         "dense_val_unbiased_accuracy": dense_val,
+                         "reason": "final mask of the schedule (no val split with two or more groups)"
+                         if self.val is None or not _has_two_groups(self.val) else "selection=last requested"}
+        selection["early_stopped"] = early_stopped
+        return LoopResult(
+            masks=[m.clone() for m in masks],
+            history=history,
+            selection=selection,
+            epochs_run=epoch,
+            seconds=time.perf_counter() - started,
+            dense_val_unbiased=dense_val,
+            val_unbiased=selection["val_unbiased_accuracy"],
+        )

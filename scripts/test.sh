@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or an existing checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Celery workers that run BISE jobs. See SPEC.md section 6 (service issue)."""
