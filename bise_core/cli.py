@@ -143,13 +143,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_units(args: argparse.Namespace) -> int:
+    from bise_core.backends import prepare
     from bise_core.data import open_dataset
     from bise_core.models import load_model
-    from bise_core.units import find_units
 
     data = open_dataset(args.data)
-    loaded = load_model(args.model, data.splits["train"].x[:2])
-    graph = find_units(loaded.graph_module, classifier=args.classifier)
+    example = data.splits["train"].x[:2]
+    prepared = prepare(load_model(args.model, example), example, classifier=args.classifier)
+    graph = prepared.units
+    print(f"backend: {prepared.backend}")
     print(f"classifier: {graph.classifier} ({graph.num_classes} outputs)")
     for unit in graph.units:
         print(f"  {unit.name:40s} {unit.kind:6s} {unit.size:6d} units  zeroes {', '.join(unit.zero_params)}")

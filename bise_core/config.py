@@ -15,12 +15,15 @@ Preset = Literal["fast", "paper"]
 
 #: Values each preset sets unless the user gives them explicitly.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Tuned across CNN/MLP/ResNet/transformer models and rho 0.9-0.99 (see benchmarks/RESULTS.md):
+    # Tuned across CNN/MLP/ResNet/transformer models and several rho (see benchmarks/RESULTS.md):
     # short per-epoch annealing from small positive m, the aux head refreshed on cached z.
+    # Adam on the mask: a conv gate's gradient sums over every pixel and a linear gate's does
+    # not, so one SGD learning rate either freezes MLPs or collapses CNNs; Adam's per-unit
+    # step does not care.
     "fast": dict(
         gamma=0.1,
-        mask_optimizer="sgd",
-        mask_lr=0.05,
+        mask_optimizer="adam",
+        mask_lr=0.003,
         momentum=0.9,
         weight_decay=0.0,
         mask_init=0.1,

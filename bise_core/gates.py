@@ -62,7 +62,41 @@ class BottleneckTap(nn.Module):
         return z
 
 
-class GatedModel(nn.Module):
+class GateControls:
+    """What the loop needs from any gated model, whatever backend applies the gates.
+
+    Subclasses provide ``gates`` (an ``nn.ModuleList`` of :class:`UnitGate`, in unit order)
+    and ``units`` (the :class:`UnitGraph`).
+    """
+
+    gates: nn.ModuleList
+    units: UnitGraph
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [g.m for g in self.gates]
+
+    def set_tau(self, tau: float) -> None:
+        for g in self.gates:
+            g.tau = tau
+
+    def set_mode(self, mode: str) -> None:
+        for g in self.gates:
+            g.mode = mode
+
+    def keep_masks(self) -> list[torch.Tensor]:
+        return [g.keep().cpu() for g in self.gates]
+
+    def load_keep_masks(self, masks: list[torch.Tensor], margin: float = 0.0) -> None:
+        """Set m so that the hard gate equals ``masks`` (used for resume and best-mask restore)."""
+        with torch.no_grad():
+            for g, keep in zip(self.gates, masks):
+                g.m.copy_(torch.where(keep.to(g.m.device), margin, -1.0))
+
+    def units_kept(self) -> int:
+        return int(sum(int(g.keep().sum()) for g in self.gates))
+
+
+class GatedModel(GateControls, nn.Module):
     """A frozen model with one gate per unit layer; only the gates' ``m`` are trainable."""
 
     def __init__(self, gm: fx.GraphModule, units: UnitGraph, init: float = 0.0) -> None:
@@ -90,31 +124,9 @@ class GatedModel(nn.Module):
             wrapped = graph.call_module(name, (target,))
         target.replace_all_uses_with(wrapped, delete_user_cb=lambda user: user is not wrapped)
 
-    def mask_parameters(self) -> list[nn.Parameter]:
-        return [g.m for g in self.gates]
-
-    def set_tau(self, tau: float) -> None:
-        for g in self.gates:
-            g.tau = tau
-
-    def set_mode(self, mode: str) -> None:
-        for g in self.gates:
-            g.mode = mode
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = first_output(self.net(x))
         z = self.tap.z
         assert z is not None
         return logits, z.flatten(1)
 
-    def keep_masks(self) -> list[torch.Tensor]:
-        return [g.keep().cpu() for g in self.gates]
-
-    def load_keep_masks(self, masks: list[torch.Tensor], margin: float = 0.0) -> None:
-        """Set m so that the hard gate equals ``masks`` (used for resume and best-mask restore)."""
-        with torch.no_grad():
-            for g, keep in zip(self.gates, masks):
-                g.m.copy_(torch.where(keep.to(g.m.device), margin, -1.0))
-
-    def units_kept(self) -> int:
-        return int(sum(int(g.keep().sum()) for g in self.gates))

@@ -17,7 +17,7 @@ import torch
 from bise_core.config import BiseConfig
 from bise_core.data.splits import Dataset, Split
 from bise_core.evaluate import predict, unbiased_accuracy
-from bise_core.gates import GatedModel
+from bise_core.gates import GateControls
 from bise_core.objective import AuxHeads, Objective, group_weights, train_heads
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -67,13 +67,13 @@ class BiseLoop:
     def __init__(
         self,
         config: BiseConfig,
-        gated: GatedModel,
+        gated: GateControls,
         data: Dataset,
         on_progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
     ) -> None:
         self.cfg = config
-        self.gated = gated.to(config.device)
+        self.gated = gated.to(config.device)  # type: ignore[attr-defined]
         self.data = data
         self.train = data.splits["train"]
         self.val = data.splits.get("val")
@@ -192,7 +192,10 @@ class BiseLoop:
             if score is not None and (best["score"] is None or score > best["score"]):
                 best = {"masks": current, "score": score, "period": period, "epoch": epoch}
             same = all(torch.equal(a, b) for a, b in zip(previous, current))
-            unchanged = unchanged + 1 if same else 0
+            # Unchanged periods only count once pruning has begun: from a small positive m
+            # the first periods legitimately move no gate.
+            started = any(not bool(m.all()) for m in current)
+            unchanged = unchanged + 1 if same and started else 0
             previous = current
             if cfg.early_stop_periods and unchanged >= int(cfg.early_stop_periods):  # type: ignore[arg-type]
                 early_stopped = True

@@ -67,18 +67,15 @@ class LoadedModel:
 
     format: ModelFormat
     path: Path
-    graph_module: fx.GraphModule
+    graph_module: fx.GraphModule | None
+    #: Set instead of ``graph_module`` when a TorchScript model could not become an FX graph.
+    scripted: torch.jit.ScriptModule | None = None
+    conversion_error: str | None = None
 
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Every named tensor the graph reads (parameters, buffers and constants)."""
-        tensors: dict[str, torch.Tensor] = dict(self.graph_module.named_parameters())
-        tensors.update(dict(self.graph_module.named_buffers()))
-        for node in self.graph_module.graph.nodes:
-            if node.op == "get_attr" and node.target not in tensors:
-                value = fetch_attr(self.graph_module, node.target)
-                if isinstance(value, torch.Tensor):
-                    tensors[node.target] = value
-        return tensors
+    @property
+    def module(self) -> torch.nn.Module:
+        """Whatever runs the model: the FX graph, or the ScriptModule in fallback mode."""
+        return self.graph_module if self.graph_module is not None else self.scripted  # type: ignore[return-value]
 
 
 def fetch_attr(module: torch.nn.Module, qualified_name: str) -> Any:
@@ -102,6 +99,8 @@ def load_model(path: Path | str, example_input: torch.Tensor) -> LoadedModel:
         except ModelFormatError:
             raise
         except Exception as exc:  # the archive itself is at fault: report it, not a traceback
+            if fmt == "torchscript":
+                return _script_fallback(path, example_input, exc)
             raise ModelFormatError(f"could not load {path.name} as {fmt}: {_first_line(exc)}") from exc
     freeze_for_inference(gm)
     loaded = LoadedModel(format=fmt, path=path, graph_module=gm)
@@ -109,9 +108,26 @@ def load_model(path: Path | str, example_input: torch.Tensor) -> LoadedModel:
     return loaded
 
 
+def _script_fallback(path: Path, example_input: torch.Tensor, conversion_error: Exception) -> LoadedModel:
+    """Keep a ScriptModule the converter cannot turn into a graph (data-dependent control
+    flow such as nn.MultiheadAttention): it is gated by reassigning parameters instead."""
+    try:
+        scripted = _load_scripted(path)
+    except Exception as exc:
+        raise ModelFormatError(f"could not load {path.name} as torchscript: {_first_line(exc)}") from exc
+    loaded = LoadedModel(format="torchscript", path=path, graph_module=None, scripted=scripted,
+                         conversion_error=_first_line(conversion_error))
+    _check_runs(loaded, example_input)
+    return loaded
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    """One readable line; TorchScript puts its real message on the last line, after a trace."""
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return type(exc).__name__
+    line = text[-1].strip() if "TorchScript interpreter" in text[0] else text[0]
+    return line if line.split(":")[0].endswith("Error") else f"{type(exc).__name__}: {line}"
 
 
 def _load_scripted(path: Path) -> torch.jit.ScriptModule:
@@ -193,7 +209,7 @@ def _reads_buffer(node: fx.Node) -> bool:
 def _check_runs(loaded: LoadedModel, example_input: torch.Tensor) -> None:
     try:
         with torch.no_grad():
-            out = first_output(loaded.graph_module(example_input))
+            out = first_output(loaded.module(example_input))
     except Exception as exc:
         raise ModelFormatError(
             f"the model does not run on the dataset's inputs of shape {list(example_input.shape)}: "
@@ -262,6 +278,3 @@ def save_graph_module(gm: fx.GraphModule, fmt: ModelFormat, example_input: torch
             _save_program(program, out_path)
 
 
-def load_for_inference(path: Path, example_input: torch.Tensor) -> fx.GraphModule:
-    """Reload a saved checkpoint the way a user would, as an inference graph."""
-    return load_model(path, example_input).graph_module

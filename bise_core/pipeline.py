@@ -21,7 +21,8 @@ from bise_core.data import open_dataset
 from bise_core.data.splits import Dataset
 from bise_core.errors import BiseInputError
 from bise_core.evaluate import evaluate_model
-from bise_core.gates import GatedModel
+from bise_core.backends import dense_forward, params_and_flops, prepare
+from bise_core.gates import GateControls
 from bise_core.loop import BiseLoop, ProgressCallback, StopCheck
 from bise_core.models import LoadedModel, load_model, save_graph_module, save_masked
 from bise_core.objective import majority_bias
@@ -49,13 +50,6 @@ class _Timer:
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 4)
-
-
-def _dense_forward(gm: torch.fx.GraphModule, classifier: str) -> GatedModel:
-    """A forward that returns (logits, z) for any graph: gates present but all open."""
-    gated = GatedModel(gm, find_units(gm, classifier=classifier))
-    gated.set_mode("dense")
-    return gated
 
 
 def _check_compatible(units: UnitGraph, data: Dataset) -> None:
@@ -98,14 +92,14 @@ def prune(
         dataset = data if isinstance(data, Dataset) else open_dataset(data, data_roots=data_roots)
         example = dataset.splits["train"].x[:2]
         loaded: LoadedModel = load_model(model_path, example)
-        units = find_units(
-            loaded.graph_module, classifier=cfg.classifier, include=cfg.include_layers, exclude=cfg.exclude_layers
-        )
+        prepared = prepare(loaded, example, classifier=cfg.classifier, include=cfg.include_layers,
+                           exclude=cfg.exclude_layers, init=float(cfg.mask_init))  # type: ignore[arg-type]
+        units = prepared.units
         _check_compatible(units, dataset)
     majority = majority_bias(dataset.splits["train"].y, dataset.splits["train"].b, dataset.num_classes)
     eval_kwargs = dict(batch_size=cfg.eval_batch_size, device=cfg.device, seed=cfg.seed)
 
-    gated = GatedModel(loaded.graph_module, units, init=float(cfg.mask_init)).to(cfg.device)  # type: ignore[arg-type]
+    gated = prepared.gated.to(cfg.device)  # type: ignore[attr-defined]
     with timer.phase("evaluate_vanilla", emit):
         gated.set_mode("dense")
         vanilla = evaluate_model(gated, dataset.splits, majority, dataset.bias_cardinalities,
@@ -121,16 +115,16 @@ def prune(
     with timer.phase("export", emit):
         masked_path = out / MASKED_NAME
         save_masked(loaded, _zeroed_rows(units, result.masks), masked_path)
-        pruned_gm = load_model(masked_path, example).graph_module
+        pruned_loaded = load_model(masked_path, example)
 
     with timer.phase("evaluate_pruned", emit):
-        pruned_forward = _dense_forward(pruned_gm, units.classifier).to(cfg.device)
+        pruned_forward = dense_forward(pruned_loaded, example, units.classifier).to(cfg.device)
         pruned = evaluate_model(pruned_forward, dataset.splits, majority, dataset.bias_cardinalities,
                                 dataset.bias_names, **eval_kwargs)  # type: ignore[arg-type]
 
     files = {"masked": masked_path}
     with timer.phase("slim", emit):
-        slim_info = _slim(pruned_gm, units, result.masks, loaded, example, out / SLIM_NAME)
+        slim_info = _slim(pruned_loaded, units, result.masks, loaded, example, out / SLIM_NAME)
         if slim_info.get("path"):
             files["slim"] = slim_info["path"]
 
@@ -149,7 +143,7 @@ def prune(
     return PruneResult(report=report, files=files)
 
 
-def _with_pseudo_labels(gated: GatedModel, dataset: Dataset, cfg: BiseConfig) -> tuple[Dataset, str]:
+def _with_pseudo_labels(gated: GateControls, dataset: Dataset, cfg: BiseConfig) -> tuple[Dataset, str]:
     """Replace the training split's bias labels by the vanilla model's pseudo labels."""
     train = dataset.splits["train"]
     gated.set_mode("dense")
@@ -165,28 +159,29 @@ def _with_pseudo_labels(gated: GatedModel, dataset: Dataset, cfg: BiseConfig) ->
                    bias_names=["pseudo_bias"], source=dataset.source), rule
 
 
-def _logits(gated: GatedModel, x: torch.Tensor, cfg: BiseConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(gated: GateControls, x: torch.Tensor, cfg: BiseConfig) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.inference_mode():
         outs = [gated(x[i : i + cfg.eval_batch_size].to(cfg.device)) for i in range(0, len(x), cfg.eval_batch_size)]
     return torch.cat([o[0].cpu() for o in outs]), torch.cat([o[1].cpu() for o in outs])
 
 
-def _slim(pruned_gm, units, masks, loaded, example, path: Path) -> dict[str, Any]:
+def _slim(pruned: LoadedModel, units: UnitGraph, masks: list[torch.Tensor], loaded: LoadedModel,
+          example: torch.Tensor, path: Path) -> dict[str, Any]:
     """Physically remove pruned channels where the architecture allows; never fail the job."""
+    params_dense, flops_dense = params_and_flops(loaded, example)
+    info: dict[str, Any] = {"params_dense": params_dense, "flops_dense": flops_dense, "path": None,
+                            "layers": [], "params_slim": None, "flops_slim": None}
+    if pruned.graph_module is None:
+        info["error"] = f"slimming needs an FX graph; this TorchScript model has none ({loaded.conversion_error})"
+        return info
     from bise_core.slim import count_flops, count_params, slim_graph
 
-    info: dict[str, Any] = {
-        "params_dense": count_params(loaded.graph_module),
-        "flops_dense": count_flops(loaded.graph_module, example),
-    }
     try:
-        pruned_units = find_units(pruned_gm, classifier=units.classifier)
-        slim_gm, slimmed = slim_graph(pruned_gm, pruned_units, masks, example)
+        pruned_units = find_units(pruned.graph_module, classifier=units.classifier)
+        slim_gm, slimmed = slim_graph(pruned.graph_module, pruned_units, masks, example)
         save_graph_module(slim_gm, loaded.format, example, path)
         info.update(path=path, layers=slimmed, params_slim=count_params(slim_gm),
                     flops_slim=count_flops(slim_gm, example))
     except Exception as exc:  # slimming is a bonus: report why it was skipped
-        info.update(path=None, layers=[], params_slim=None, flops_slim=None,
-                    error=f"{type(exc).__name__}: {exc}")
+        info["error"] = f"{type(exc).__name__}: {exc}"
     return info
-
