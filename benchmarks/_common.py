@@ -21,11 +21,12 @@ import torch  # noqa: E402
 
 from bise_core import zoo  # noqa: E402
 from bise_core.data import open_dataset  # noqa: E402
-from bise_core.data.splits import Dataset  # noqa: E402
+from bise_core.data.splits import Dataset, Split  # noqa: E402
 from bise_core.evaluate import predict, split_metrics  # noqa: E402
-from bise_core.gates import GatedModel  # noqa: E402
+from bise_core.backends import Prepared, prepare  # noqa: E402
+from bise_core.gates import GateControls  # noqa: E402
 from bise_core.models import fetch_attr, load_model  # noqa: E402
-from bise_core.units import UnitGraph, find_units  # noqa: E402
+from bise_core.units import UnitGraph  # noqa: E402
 from bise_core.vanilla import save_archive, train_vanilla  # noqa: E402
 
 
@@ -65,11 +66,12 @@ def train_and_save(
 
 
 # -- fixed-mask baselines -----------------------------------------------------------------
-def load_gated(model_path: Path, data: Dataset) -> tuple[GatedModel, UnitGraph]:
-    """The engine's view of the archive, with gates (default unit discovery, as ``prune``)."""
-    gm = load_model(model_path, data.splits["train"].x[:2]).graph_module
-    units = find_units(gm)
-    return GatedModel(gm, units), units
+def load_gated(model_path: Path, data: Dataset) -> Prepared:
+    """The engine's view of the archive, as ``prune`` builds it (default unit discovery):
+    ``GatedModel(load_model(path, x[:2]).graph_module, find_units(gm))`` on the FX path, the
+    ScriptModule parameter-reassignment backend for TorchScript the converter refuses."""
+    example = data.splits["train"].x[:2]
+    return prepare(load_model(model_path, example), example)
 
 
 def kept_counts(masks: Sequence[torch.Tensor]) -> list[int]:
@@ -87,7 +89,7 @@ def random_masks(units: UnitGraph, counts: Sequence[int], seed: int) -> list[tor
     return masks
 
 
-def unit_magnitudes(gm: torch.fx.GraphModule, units: UnitGraph) -> list[torch.Tensor]:
+def unit_magnitudes(module: torch.nn.Module, units: UnitGraph) -> list[torch.Tensor]:
     """Per-unit importance = L1 norm of the unit's row in its scale tensor.
 
     The scale tensor is the unit's first ``zero_params`` entry: the BatchNorm weight for
@@ -96,7 +98,7 @@ def unit_magnitudes(gm: torch.fx.GraphModule, units: UnitGraph) -> list[torch.Te
     """
     scores = []
     for unit in units.units:
-        weight = fetch_attr(gm, unit.zero_params[0]).detach().float()
+        weight = fetch_attr(module, unit.zero_params[0]).detach().float()
         scores.append(weight.reshape(weight.shape[0], -1).abs().sum(1))
     return scores
 
@@ -112,7 +114,7 @@ def magnitude_masks(scores: Sequence[torch.Tensor], counts: Sequence[int]) -> li
 
 
 def evaluate_masks(
-    gated: GatedModel,
+    gated: GateControls,
     masks: Sequence[torch.Tensor] | None,
     data: Dataset,
     majority: torch.Tensor,
@@ -127,7 +129,7 @@ def evaluate_masks(
         gated.load_keep_masks(list(masks))
         gated.set_mode("hard")
     s = data.splits[split]
-    pred, _ = predict(gated, s.x, batch_size, device)
+    pred, _ = predict(gated, s.x, batch_size, device)  # type: ignore[arg-type]
     metrics = split_metrics(pred, s.y, s.b, majority, [], data.bias_names)
     metrics.pop("groups", None)
     return metrics

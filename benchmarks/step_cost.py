@@ -4,10 +4,13 @@
   cross-entropy, backward, optimiser step (Adam or SGD) on ALL weights;
 * BISE step: exactly what the engine's mask epoch (``BiseLoop._mask_epoch``) does per
   batch: the model saved as TorchScript, reloaded with ``load_model`` (frozen eval-mode FX
-  graph), ``find_units``, ``GatedModel`` in soft (straight-through) mode, the aux heads,
-  ``Objective.loss`` (group-weighted CE + gamma * MI, with its ``.item()`` calls), backward
-  to the mask parameters only, ``SGD(mask_parameters(), lr=0.05, momentum=0.9)`` step, and
-  the ``units_kept()`` the engine reports after every step.
+  graph), ``find_units`` + ``GatedModel`` (through ``backends.prepare``, as ``prune`` does)
+  in soft (straight-through) mode, the aux heads, ``Objective.loss`` (group-weighted CE +
+  gamma * MI, with its ``.item()`` calls), backward to the mask parameters only, the mask
+  optimiser step, and the ``units_kept()`` the engine reports after every step. The mask
+  optimiser is the preset's (``loop._mask_optimizer``; ``--mask-optimizer sgd`` forces
+  ``SGD(mask_parameters(), lr=0.05, momentum=0.9)``). Per-epoch work that is not a step
+  (aux-head refresh, validation checks) is not included.
 
 Both run on the same batch (already on the device), ``--warmup`` untimed iterations then
 ``--iters`` timed ones, plain and BISE interleaved so load drift hits both alike; the table
@@ -35,10 +38,11 @@ import torch.nn.functional as F
 
 from bise_core.config import BiseConfig
 from bise_core.data.splits import Split
-from bise_core.gates import GatedModel
+from bise_core.backends import prepare
+from bise_core.gates import GateControls
+from bise_core import loop as engine_loop
 from bise_core.models import load_model
 from bise_core.objective import AuxHeads, Objective, group_weights
-from bise_core.units import find_units
 
 NUM_CLASSES = 10
 BIAS_CARDINALITY = 10
@@ -58,8 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="optimiser of the plain step (Adam lr 1e-3 or SGD lr 0.01 momentum 0.9)")
     p.add_argument("--preset", choices=["fast", "paper"], default="fast",
                    help="which preset's objective (gamma, MI estimator, MI samples) the BISE step uses")
-    p.add_argument("--format", default=None, choices=["torchscript", "traced", "export"],
-                   help="archive format (default: torchscript; export for the transformer)")
+    p.add_argument("--mask-optimizer", choices=["preset", "sgd"], default="preset",
+                   help="preset: the engine's optimiser for --preset; sgd: SGD(lr=0.05, momentum=0.9)")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "traced", "export"],
+                   help="archive format the model is saved in and reloaded from")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -89,13 +95,16 @@ def plain_step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.T
     return step
 
 
-def bise_step_fn(gated: GatedModel, heads: AuxHeads, objective: Objective, opt: torch.optim.Optimizer,
-                 x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+def bise_step_fn(gated: GateControls, heads: AuxHeads, objective: Objective, opt: torch.optim.Optimizer,
+                 normalise: bool, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor,
+                 w: torch.Tensor) -> Callable[[], None]:
     def step() -> None:  # the body of BiseLoop._mask_epoch's batch loop, data already on device
-        logits, z = gated(x)
+        logits, z = gated(x)  # type: ignore[operator]
         loss, parts = objective.loss(logits, heads(z), y, b, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if normalise:
+            engine_loop._normalise_gradients(gated.mask_parameters())  # what the loop does for nsgd
         opt.step()
         _ = {"type": "step", **parts, "units_kept": gated.units_kept(), "units_total": gated.units.total_units}
     return step
@@ -118,8 +127,7 @@ def measure(arch: str, args: argparse.Namespace, device: torch.device, work: Pat
 
     # plain: the original module, train mode, every weight trained
     model = C.zoo.build(arch, shape, NUM_CLASSES)
-    fmt = args.format or ("export" if arch == "transformer" else "torchscript")
-    path = C.save_archive(model, data.x[:2], work / f"{arch}.pt", fmt)  # saved before any step changes it
+    path = C.save_archive(model, data.x[:2], work / f"{arch}.pt", args.format)  # saved before any step changes it
     model.to(device).train()
     params = list(model.parameters())
     plain_opt = (torch.optim.Adam(params, lr=1e-3) if args.plain_optimizer == "adam"
@@ -128,22 +136,27 @@ def measure(arch: str, args: argparse.Namespace, device: torch.device, work: Pat
 
     # BISE: what pipeline.prune + BiseLoop build
     cfg = BiseConfig(preset=args.preset, seed=args.seed, device=str(device))
-    gm = load_model(path, data.x[:2]).graph_module
-    units = find_units(gm)
-    gated = GatedModel(gm, units, init=float(cfg.mask_init)).to(device)
+    prepared = prepare(load_model(path, data.x[:2]), data.x[:2], init=float(cfg.mask_init))
+    units, gated = prepared.units, prepared.gated
+    gated.to(device)  # type: ignore[attr-defined]
     gated.set_mode("soft")
     gated.set_tau(0.5)
     objective = Objective(data, NUM_CLASSES, [BIAS_CARDINALITY], gamma=float(cfg.gamma),
                           estimator=str(cfg.mi_estimator), samples=str(cfg.mi_samples))
     with torch.no_grad():
-        z_dim = gated(x[:2])[1].shape[1]
+        z_dim = gated(x[:2])[1].shape[1]  # type: ignore[operator]
     heads = AuxHeads(z_dim, [BIAS_CARDINALITY]).to(device)
     heads.requires_grad_(False)  # frozen during mask epochs, as in the loop
-    mask_opt = torch.optim.SGD(gated.mask_parameters(), lr=0.05, momentum=0.9)
+    if args.mask_optimizer == "sgd":
+        mask_opt: torch.optim.Optimizer = torch.optim.SGD(gated.mask_parameters(), lr=0.05, momentum=0.9)
+        opt_name, normalise = "sgd lr=0.05 m=0.9", False
+    else:
+        mask_opt = engine_loop._mask_optimizer(cfg, gated.mask_parameters())
+        opt_name, normalise = f"{cfg.mask_optimizer} lr={cfg.mask_lr:g}", cfg.mask_optimizer == "nsgd"
     w = group_weights(data.y, data.b).to(device)
-    bise = bise_step_fn(gated, heads, objective, mask_opt, x, y, b, w)
+    bise = bise_step_fn(gated, heads, objective, mask_opt, normalise, x, y, b, w)
 
-    trainable = sum(p.numel() for p in gated.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in gated.parameters() if p.requires_grad)  # type: ignore[attr-defined]
     assert trainable == units.total_units, "only the mask should be trainable"
     for _ in range(max(args.warmup, 1)):
         plain()
@@ -155,20 +168,26 @@ def measure(arch: str, args: argparse.Namespace, device: torch.device, work: Pat
         bise_times.append(timed(bise, device))
     # the BISE step produced gradients for the mask and for nothing else
     mask_ids = {id(p) for p in gated.mask_parameters()}
-    with_grad = {id(p) for p in list(gated.parameters()) + list(heads.parameters()) if p.grad is not None}
+    with_grad = {id(p) for p in list(gated.parameters()) + list(heads.parameters())  # type: ignore[attr-defined]
+                 if p.grad is not None}
     assert with_grad == mask_ids, "the BISE step should reach the mask parameters only"
     plain_ms = statistics.median(plain_times) * 1e3
     bise_ms = statistics.median(bise_times) * 1e3
     return {"model": arch, "device": str(device), "batch": args.batch, "plain_ms": plain_ms, "bise_ms": bise_ms,
-            "ratio": bise_ms / plain_ms, "units": units.total_units, "params": sum(p.numel() for p in params),
-            "plain_iqr_ms": _iqr(plain_times) * 1e3, "bise_iqr_ms": _iqr(bise_times) * 1e3}
+            "ratio": bise_ms / plain_ms, "units": units.total_units, "mask_optimizer": opt_name,
+            "backend": prepared.backend, "params": sum(p.numel() for p in params),
+            "plain_iqr": _iqr(plain_times), "bise_iqr": _iqr(bise_times)}
 
 
-def _iqr(values: list[float]) -> float:
+def _iqr(values: list[float]) -> float | None:
     if len(values) < 4:
-        return float("nan")
+        return None
     q = statistics.quantiles(values, n=4)
     return q[2] - q[0]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,15 +206,16 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(r)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"\n### One BISE mask step vs one plain training step (median of {args.iters} after {args.warmup} warmup; "
-          f"plain optimiser {args.plain_optimizer}, BISE objective of the {args.preset} preset)\n")
+          f"plain optimiser {args.plain_optimizer}; BISE: {args.preset} preset objective, mask optimiser "
+          f"{rows[0]['mask_optimizer'] if rows else '-'})\n")
     print(C.markdown_table(
         ["model", "device", "batch", "plain step ms", "BISE step ms", "ratio"],
         [[r["model"], r["device"], r["batch"], f"{r['plain_ms']:.1f}", f"{r['bise_ms']:.1f}", f"{r['ratio']:.2f}"]
          for r in rows],
     ))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {name}; "
-          + "; ".join(f"{r['model']}: {r['params']:,} weights, {r['units']} units, IQR plain "
-                      f"{r['plain_iqr_ms']:.1f} / BISE {r['bise_iqr_ms']:.1f} ms" for r in rows))
+          + "; ".join(f"{r['model']}: {r['params']:,} weights, {r['units']} units ({r['backend']}), IQR plain "
+                      f"{_ms(r['plain_iqr'])} / BISE {_ms(r['bise_iqr'])} ms" for r in rows))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mi_estimator="entropy_ce",
         mi_samples="all",
         early_stop_periods=4,
+        val_checks_per_epoch=4,
     ),
     # The official BISE recipe (ivanluizmatos/BISE @ 689a34d1).
     "paper": dict(
@@ -62,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mi_estimator="soft_joint",
         mi_samples="conflicting",
         early_stop_periods=0,
+        val_checks_per_epoch=1,
     ),
 }
 
@@ -73,7 +75,9 @@ class BiseConfig(BaseModel):
 
     preset: Preset = "fast"
     gamma: float | None = Field(None, ge=0.0, le=100.0, description="weight of the MI term")
-    mask_optimizer: Literal["sgd", "adam"] | None = Field(None, description="optimiser of the mask parameters")
+    mask_optimizer: Literal["sgd", "nsgd", "adam"] | None = Field(
+        None, description="optimiser of the mask parameters (nsgd: SGD on the RMS-normalised gradient)"
+    )
     mask_lr: float | None = Field(None, gt=0.0, le=10.0)
     momentum: float | None = Field(None, ge=0.0, lt=1.0)
     weight_decay: float | None = Field(None, ge=0.0, le=1.0)
@@ -93,6 +97,9 @@ class BiseConfig(BaseModel):
     mi_samples: Literal["all", "conflicting"] | None = None
     early_stop_periods: int | None = Field(
         None, ge=0, le=1000, description="stop when the mask is unchanged this many periods (0: never)"
+    )
+    val_checks_per_epoch: int | None = Field(
+        None, ge=1, le=100, description="validation checks of the current mask per epoch (best_val selection)"
     )
     selection: Literal["best_val", "last"] | None = Field(
         None, description="best_val (default when val has >= 2 groups) or last"

@@ -61,6 +61,17 @@ def _mask_optimizer(cfg: BiseConfig, params: list[torch.nn.Parameter]) -> torch.
     return torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), weight_decay=wd)  # type: ignore[arg-type]
 
 
+def _normalise_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Divide every mask gradient by their common RMS: the step size no longer depends on the
+    model's gradient scale, while the *ranking* of units (who is pruned first) is kept."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    rms = torch.sqrt(torch.cat([g.flatten() for g in grads]).pow(2).mean()).clamp_min(1e-12)
+    for g in grads:
+        g.div_(rms)
+
+
 class BiseLoop:
     """One run of BISE on a gated model. Construct, then call :meth:`run`."""
 
@@ -97,6 +108,9 @@ class BiseLoop:
         if selection == "best_val" and not _has_two_groups(self.val):
             selection = "last"
         self.selection_mode = selection
+        self.checks_per_epoch = int(config.val_checks_per_epoch) if selection == "best_val" else 1  # type: ignore[arg-type]
+        self.period = 0
+        self.best: dict[str, Any] = {}
 
     # -- pieces -------------------------------------------------------------------------
     def _features(self, mode: str = "hard") -> torch.Tensor:
@@ -132,6 +146,8 @@ class BiseLoop:
         order = torch.randperm(n, generator=self.gen)
         sums = {"loss": 0.0, "ce": 0.0, "mi": 0.0}
         batches = 0
+        steps = -(-n // bs)
+        checks = {round(steps * k / self.checks_per_epoch) for k in range(1, self.checks_per_epoch)}
         for start in range(0, n, bs):
             if self.should_stop():
                 raise Cancelled()
@@ -144,6 +160,8 @@ class BiseLoop:
             loss, parts = self.objective.loss(logits, self.heads(z), y, b, w)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.cfg.mask_optimizer == "nsgd":
+                _normalise_gradients(self.gated.mask_parameters())
             self.optimizer.step()
             batches += 1
             for key in sums:
@@ -153,7 +171,23 @@ class BiseLoop:
                  "tau": tau, **parts, "units_kept": self.gated.units_kept(),
                  "units_total": self.gated.units.total_units}
             )
+            if batches in checks:
+                self._consider(epoch + batches / steps)
+                self.gated.set_mode("soft")
         return {k: v / max(batches, 1) for k, v in sums.items()}
+
+    def _consider(self, epoch: float) -> float | None:
+        """Score the current hard mask on val and keep it if it is the best so far.
+
+        Checked several times per epoch: masks move in jumps, and the best subnetwork is
+        often passed between two period ends."""
+        if self.selection_mode != "best_val":
+            return None
+        score = self._val_score()
+        if score is not None and (self.best["score"] is None or score > self.best["score"]):
+            self.best = {"masks": self.gated.keep_masks(), "score": score, "period": self.period + 1,
+                         "epoch": round(epoch, 3), "dense": False}
+        return score
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> LoopResult:
@@ -169,9 +203,9 @@ class BiseLoop:
         self._refresh_heads(int(cfg.aux_pretrain_epochs))  # type: ignore[arg-type]
 
         all_kept = [torch.ones(g.m.shape[0], dtype=torch.bool) for g in self.gated.gates]
-        best = {"masks": all_kept, "score": dense_val, "period": 0, "epoch": 0}
+        self.best = {"masks": all_kept, "score": dense_val, "period": 0, "epoch": 0, "dense": True}
         history: list[dict[str, Any]] = []
-        tau, epoch, period, unchanged = float(cfg.tau_0), 0, 0, 0  # type: ignore[arg-type]
+        tau, epoch, unchanged = float(cfg.tau_0), 0, 0  # type: ignore[arg-type]
         previous = self.gated.keep_masks()
         early_stopped = False
         while tau >= float(cfg.tau_min) and epoch < total_epochs:  # type: ignore[arg-type]
@@ -179,18 +213,16 @@ class BiseLoop:
             epoch += 1
             if epoch % int(cfg.tau_period) != 0 and epoch < total_epochs:  # type: ignore[arg-type]
                 continue
-            period += 1
+            current = self.gated.keep_masks()
+            score = self._consider(epoch) if self.selection_mode == "best_val" else self._val_score()
+            self.period += 1
             tau *= float(cfg.tau_decay)  # type: ignore[arg-type]
             self._refresh_heads(int(cfg.aux_epochs))  # type: ignore[arg-type]
-            current = self.gated.keep_masks()
-            score = self._val_score()
-            record = {"period": period, "epoch": epoch, "tau": tau, **parts,
+            record = {"period": self.period, "epoch": epoch, "tau": tau, **parts,
                       "units_kept": int(sum(int(m.sum()) for m in current)),
                       "units_total": self.gated.units.total_units, "val_unbiased_accuracy": score}
             history.append(record)
             self.on_progress({"type": "period", **record})
-            if score is not None and (best["score"] is None or score > best["score"]):
-                best = {"masks": current, "score": score, "period": period, "epoch": epoch}
             same = all(torch.equal(a, b) for a, b in zip(previous, current))
             # Unchanged periods only count once pruning has begun: from a small positive m
             # the first periods legitimately move no gate.
@@ -201,14 +233,15 @@ class BiseLoop:
                 early_stopped = True
                 break
 
-        final = self.gated.keep_masks()
+        final, best, period = self.gated.keep_masks(), self.best, self.period
         if self.selection_mode == "best_val":
             masks = best["masks"]
-            kept_dense = best["period"] == 0
+            kept_dense = best["dense"]
             reason = (
                 "no period beat the dense model on val unbiased accuracy; the dense mask is kept"
                 if kept_dense
-                else f"period {best['period']} had the best val unbiased accuracy"
+                else f"the mask at epoch {best['epoch']} (tau period {best['period']}) had the best "
+                "val unbiased accuracy"
             )
             selection = {"mode": "best_val", "period": best["period"], "epoch": best["epoch"],
                          "val_unbiased_accuracy": best["score"], "dense_val_unbiased_accuracy": dense_val,

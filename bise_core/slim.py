@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils.flop_counter import FlopCounterMode
 
-from bise_core.models import first_output
+from bise_core.models import fetch_attr, first_output
 from bise_core.units import BATCH_NORM_OPS, CONV_OPS, LINEAR_OPS, UnitGraph, op_name
 
 # Unary ops that act per element, with f(0) == 0 (so a zero channel stays zero). Keyed by
@@ -104,7 +104,7 @@ def slim_graph(
     with torch.no_grad():  # bake the mask in: dense units stay exact, kept-for-shape channels are 0
         for unit, keep in zip(units.units, keeps):
             for name in unit.zero_params:
-                tensor = _fetch(out, name)
+                tensor = fetch_attr(out, name)
                 tensor[~keep.to(tensor.device)] = 0
 
     per_target: dict[str, dict[int, torch.Tensor]] = {}
@@ -130,7 +130,7 @@ def slim_graph(
 
     with torch.no_grad():
         for target, dims in per_target.items():
-            tensor = _fetch(out, target)
+            tensor = fetch_attr(out, target)
             for dim, index in sorted(dims.items()):
                 tensor = tensor.index_select(dim, index.to(tensor.device))
             _assign(out, target, tensor.contiguous())
@@ -182,7 +182,7 @@ def _plan_unit(
 
     rank = shapes.rank(gate)
     if name in CONV_OPS:
-        cneg = -(_fetch(gm, str(weight.target)).dim() - 1)  # channel position, from the end
+        cneg = -(fetch_attr(gm, str(weight.target)).dim() - 1)  # channel position, from the end
     else:
         cneg = -1
     if rank is not None and rank + cneg < 0:
@@ -269,7 +269,7 @@ def _consume(
     if conv:
         if _conv_transposed(user) or _conv_groups(user) != 1:
             raise _Unsafe("grouped/transposed consumer")
-        if cneg != -(_fetch(gm, str(weight.target)).dim() - 1):
+        if cneg != -(fetch_attr(gm, str(weight.target)).dim() - 1):
             raise _Unsafe("channel is not the conv input channel")
     elif cneg != -1:
         raise _Unsafe("channel is not the linear input feature")
@@ -422,15 +422,6 @@ class _Shapes:
             pass
 
 
-def _fetch(module: nn.Module, qualified: str) -> torch.Tensor:
-    obj: Any = module
-    for part in qualified.split("."):
-        obj = getattr(obj, part)
-    if not isinstance(obj, torch.Tensor):
-        raise TypeError(f"{qualified} is not a tensor")
-    return obj
-
-
 def _assign(root: nn.Module, qualified: str, value: torch.Tensor) -> None:
     """Replace the tensor at ``qualified`` (parameter, buffer or plain attribute) by ``value``."""
     *path, leaf = qualified.split(".")
@@ -472,7 +463,7 @@ def count_params(gm: nn.Module) -> int:
         for node in gm.graph.nodes:
             if node.op == "get_attr":
                 try:
-                    add(str(node.target), _fetch(gm, str(node.target)))
+                    add(str(node.target), fetch_attr(gm, str(node.target)))
                 except (AttributeError, TypeError):
                     pass
     return total

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import torch
 from torch import fx
 
 from bise_core.errors import BiseInputError
+from bise_core.models import fetch_attr
 
 CONV_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
 LINEAR_OPS = {"linear"}
@@ -99,7 +99,7 @@ def find_units(
             f"'{_layer_name(str(clf.args[1].target))}'",
             param="model",
         )
-    weight = _fetch(gm, str(clf.args[1].target))
+    weight = fetch_attr(gm, str(clf.args[1].target))
     return UnitGraph(
         units=units,
         classifier=_layer_name(str(clf.args[1].target)),
@@ -107,14 +107,6 @@ def find_units(
         bottleneck_node=z_node.name,
         num_classes=int(weight.shape[0]),
     )
-
-
-def _fetch(gm: fx.GraphModule, qualified: str) -> torch.Tensor:
-    obj: object = gm
-    for part in qualified.split("."):
-        obj = getattr(obj, part)
-    assert isinstance(obj, torch.Tensor)
-    return obj
 
 
 def _pick_classifier(gm: fx.GraphModule, linear_nodes: list[fx.Node], wanted: str | None) -> fx.Node:
@@ -161,7 +153,7 @@ def _unit_for(gm: fx.GraphModule, node: fx.Node) -> Unit | None:
     weight_name = _attr_name(node.args[1])
     if weight_name is None:
         return None
-    size = int(_fetch(gm, weight_name).shape[0])
+    size = int(fetch_attr(gm, weight_name).shape[0])
     bias_name = _attr_name(node.args[2]) if len(node.args) > 2 else None
     gate_after, zero = node.name, [weight_name] + ([bias_name] if bias_name else [])
     bn = _following_batch_norm(node)

@@ -178,3 +178,35 @@ def test_units_command_lists_layers(archive_factory, capsys):
     assert main(["units", str(archive_factory("cnn")), "--data", TINY_URI]) == 0
     out = capsys.readouterr().out
     assert "classifier: fc" in out and "features.0" in out
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "transformer"])
+def test_prune_torchvision_resnet_and_transformer(archive_factory, tiny_data, tmp_path, arch):
+    """Scripted ResNet-18 (FX backend, residual adds) and a scripted attention block
+    (parameter backend): the checkpoint still reproduces the report exactly."""
+    report = prune_quick(archive_factory(arch), tmp_path, "--selection", "last", "--gamma", "0.5")
+    test = tiny_data.splits["test"]
+    accuracy, _, _ = accuracy_of_checkpoint(tmp_path / "pruned.pt", test.x, test.y, "torchscript")
+    assert accuracy == report["pruned"]["test"]["accuracy"]
+    names = {layer["name"] for layer in report["sparsity"]["layers"]}
+    if arch == "resnet18":
+        assert "layer4.1.conv2" in names and "fc" not in names
+    else:
+        assert {"ff1", "ff2"} <= names and report["model"]["slim_error"]
+
+
+def test_two_bias_attributes_get_per_attribute_metrics(tmp_path, tiny_data):
+    from bise_core import zoo
+    from bise_core.data import open_dataset
+    from bise_core.vanilla import save_archive, train_vanilla
+
+    uri = "builtin:multicolor-digits?rho_left=0.95&rho_right=0.8&n=400&size=16"
+    data = open_dataset(uri)
+    model = train_vanilla(zoo.build("cnn", data.input_shape, 10), data.splits["train"], epochs=1)
+    path = save_archive(model, data.splits["train"].x[:2], tmp_path / "m.pt")
+    report = prune_quick(path, tmp_path / "out", data=uri)
+    metrics = report["pruned"]["test"]
+    assert [a["attribute"] for a in metrics["per_attribute"]] == ["left_color", "right_color"]
+    assert all(isinstance(g["bias"], list) and len(g["bias"]) == 2 for g in metrics["groups"])
+    for attribute in metrics["per_attribute"]:
+        assert 0.0 <= attribute["unbiased_accuracy"] <= 1.0 and attribute["bias_leakage"] is not None
