@@ -41,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mi_samples="all",
         early_stop_periods=4,
         val_checks_per_epoch=4,
+        group_balance="loss",
     ),
     # The official BISE recipe (ivanluizmatos/BISE @ 689a34d1).
     "paper": dict(
@@ -64,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mi_samples="conflicting",
         early_stop_periods=0,
         val_checks_per_epoch=1,
+        group_balance="loss",
     ),
 }
 
@@ -97,6 +99,9 @@ class BiseConfig(BaseModel):
     mi_samples: Literal["all", "conflicting"] | None = None
     early_stop_periods: int | None = Field(
         None, ge=0, le=1000, description="stop when the mask is unchanged this many periods (0: never)"
+    )
+    group_balance: Literal["loss", "sampling"] | None = Field(
+        None, description="equalise (y, b) groups by loss weights or by group-balanced batch sampling"
     )
     val_checks_per_epoch: int | None = Field(
         None, ge=1, le=100, description="validation checks of the current mask per epoch (best_val selection)"

@@ -93,6 +93,8 @@ class BiseLoop:
         self.gen = seed_everything(config.seed)
         self.device = config.device
         self.weights = group_weights(self.train.y, self.train.b)
+        sampled = config.group_balance == "sampling"
+        self.batch_weights = torch.ones_like(self.weights) if sampled else self.weights
         self.objective = Objective(
             self.train,
             data.num_classes,
@@ -143,7 +145,12 @@ class BiseLoop:
         self.gated.set_mode("soft")
         self.gated.set_tau(tau)
         n, bs = len(self.train), int(self.cfg.batch_size)  # type: ignore[arg-type]
-        order = torch.randperm(n, generator=self.gen)
+        if self.cfg.group_balance == "sampling":
+            # Same expected loss as reweighting, but every batch is group-balanced: rare
+            # bias-conflicting samples are seen often instead of weighted 20x once in a while.
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
+        else:
+            order = torch.randperm(n, generator=self.gen)
         sums = {"loss": 0.0, "ce": 0.0, "mi": 0.0}
         batches = 0
         steps = -(-n // bs)
@@ -155,7 +162,7 @@ class BiseLoop:
             x = self.train.x[idx].to(self.device, non_blocking=True)
             y = self.train.y[idx].to(self.device)
             b = self.train.b[idx].to(self.device)
-            w = self.weights[idx].to(self.device)
+            w = self.batch_weights[idx].to(self.device)
             logits, z = self.gated(x)
             loss, parts = self.objective.loss(logits, self.heads(z), y, b, w)
             self.optimizer.zero_grad(set_to_none=True)

@@ -72,6 +72,8 @@ def build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
     """Instantiate a reference architecture for inputs of ``input_shape`` (without batch)."""
     if arch == "cnn":
         return SimpleCNN(input_shape[0], num_classes)
+    if arch == "cnn-wide":
+        return SimpleCNN(input_shape[0], num_classes, width=32)
     if arch == "cnn-nobn":
         return SimpleCNN(input_shape[0], num_classes, batch_norm=False)
     if arch == "mlp":
@@ -82,7 +84,7 @@ def build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
         import torchvision
 
         return torchvision.models.resnet18(num_classes=num_classes)
-    raise ValueError(f"unknown architecture '{arch}' (cnn, cnn-nobn, mlp, transformer, resnet18)")
+    raise ValueError(f"unknown architecture '{arch}' ({', '.join(ARCHITECTURES)})")
 
 
-ARCHITECTURES = ("cnn", "cnn-nobn", "mlp", "transformer", "resnet18")
+ARCHITECTURES = ("cnn", "cnn-wide", "cnn-nobn", "mlp", "transformer", "resnet18")

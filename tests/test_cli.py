@@ -74,9 +74,9 @@ def test_prune_writes_every_artifact_and_the_checkpoint_reproduces_the_report(
 
 
 def test_slim_checkpoint_matches_masked_and_is_smaller(archive_factory, tiny_data, tmp_path):
-    report = prune_quick(archive_factory("cnn"), tmp_path, "--gamma", "0.5", "--selection", "last")
-    if report["sparsity"]["units_kept"] == report["sparsity"]["units_total"]:
-        pytest.skip("nothing pruned on this draw")
+    # A large mask learning rate and the last mask: units are certainly pruned.
+    report = prune_quick(archive_factory("cnn"), tmp_path, "--mask-lr", "0.05", "--selection", "last")
+    assert report["sparsity"]["units_kept"] < report["sparsity"]["units_total"]
     assert (tmp_path / "pruned_slim.pt").is_file()
     x = tiny_data.splits["test"].x
     with quiet_torch():
@@ -210,3 +210,14 @@ def test_two_bias_attributes_get_per_attribute_metrics(tmp_path, tiny_data):
     assert all(isinstance(g["bias"], list) and len(g["bias"]) == 2 for g in metrics["groups"])
     for attribute in metrics["per_attribute"]:
         assert 0.0 <= attribute["unbiased_accuracy"] <= 1.0 and attribute["bias_leakage"] is not None
+
+
+def test_paper_preset_runs_with_the_official_recipe(archive_factory, tmp_path):
+    out = tmp_path / "paper"
+    assert main(["prune", str(archive_factory("cnn")), "--data", TINY_URI, "--out", str(out), "--preset", "paper",
+                 "--max-epochs", "10", "--aux-epochs", "1", "--aux-pretrain-epochs", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    hp = report["hyperparameters"]
+    assert (hp["gamma"], hp["mask_lr"], hp["tau_decay"], hp["tau_period"], hp["batch_size"]) == (1.0, 0.01, 0.5, 10, 100)
+    assert (hp["mi_estimator"], hp["mi_samples"], hp["mask_init"]) == ("soft_joint", "conflicting", 0.0)
+    assert report["epochs_run"] == 10
