@@ -47,7 +47,7 @@ from bise_core.objective import AuxHeads, Objective, group_weights
 NUM_CLASSES = 10
 BIAS_CARDINALITY = 10
 #: input shape (C, H, W) per model, as the brief fixes them
-SHAPES = {"cnn": (3, 28, 28), "cnn-nobn": (3, 28, 28), "mlp": (3, 28, 28), "transformer": (3, 28, 28),
+SHAPES = {"cnn": (3, 28, 28), "cnn-wide": (3, 28, 28), "cnn-nobn": (3, 28, 28), "mlp": (3, 28, 28), "transformer": (3, 28, 28),
           "resnet18": (3, 64, 64)}
 
 
