@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from bise_core import zoo  # noqa: E402
 from bise_core.data import open_dataset  # noqa: E402
-from bise_core.data.splits import Dataset, Split  # noqa: E402
+from bise_core.data.splits import Dataset  # noqa: E402
 from bise_core.evaluate import predict, split_metrics  # noqa: E402
 from bise_core.backends import Prepared, prepare  # noqa: E402
 from bise_core.gates import GateControls  # noqa: E402

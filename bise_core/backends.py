@@ -15,7 +15,7 @@ from torch import nn
 
 from bise_core.gates import GateControls, GatedModel
 from bise_core.models import LoadedModel
-from bise_core.script_backend import ScriptGated, count_flops_script, count_params_script, find_script_units
+from bise_core.script_backend import ScriptGated, count_flops_script, find_script_units
 from bise_core.units import UnitGraph, find_units
 
 
@@ -61,9 +61,9 @@ def dense_forward(loaded: LoadedModel, example: torch.Tensor, classifier: str) -
 
 
 def params_and_flops(loaded: LoadedModel, example: torch.Tensor) -> tuple[int, int | None]:
-    if loaded.graph_module is not None:
-        from bise_core.slim import count_flops, count_params
+    from bise_core.slim import count_flops, count_params
 
+    if loaded.graph_module is not None:
         return count_params(loaded.graph_module), count_flops(loaded.graph_module, example)
     assert loaded.scripted is not None
-    return count_params_script(loaded.scripted), count_flops_script(loaded.scripted, example)
+    return count_params(loaded.scripted), count_flops_script(loaded.scripted, example)

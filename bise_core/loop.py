@@ -9,7 +9,7 @@ mask that is worse than the dense model is never returned silently.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -35,9 +35,6 @@ class LoopResult:
     selection: dict[str, Any]
     epochs_run: int
     seconds: float
-    dense_val_unbiased: float | None = None
-    val_unbiased: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -267,6 +264,4 @@ class BiseLoop:
             selection=selection,
             epochs_run=epoch,
             seconds=time.perf_counter() - started,
-            dense_val_unbiased=dense_val,
-            val_unbiased=selection["val_unbiased_accuracy"],
         )

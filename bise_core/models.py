@@ -79,8 +79,10 @@ class LoadedModel:
 
 
 def fetch_attr(module: torch.nn.Module, qualified_name: str) -> Any:
+    """``getattr`` chain over a dotted name ('' is the module itself). Plain attribute access
+    is the one lookup that works on GraphModules and loaded ScriptModules alike."""
     obj: Any = module
-    for part in qualified_name.split("."):
+    for part in qualified_name.split(".") if qualified_name else []:
         obj = getattr(obj, part)
     return obj
 

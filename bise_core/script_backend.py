@@ -28,14 +28,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bise_core.errors import BiseInputError
 from bise_core.gates import GateControls, UnitGate
-from bise_core.models import first_output
+from bise_core.models import fetch_attr, first_output
 from bise_core.units import Unit, UnitGraph
 
 CONV_NAMES = {"Conv1d", "Conv2d", "Conv3d"}  # ConvTranspose*: output channels are weight dim 1
 LINEAR_NAMES = {"Linear", "NonDynamicallyQuantizableLinear"}
 BATCH_NORM_NAMES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d"}
 ATTENTION_NAMES = {"MultiheadAttention"}
-_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -45,15 +44,6 @@ def _kind(module: nn.Module) -> str | None:
 
 def _qualified(prefix: str, leaf: str) -> str:
     return f"{prefix}.{leaf}" if prefix else leaf
-
-
-def _submodule(root: nn.Module, name: str) -> nn.Module:
-    """``getattr`` chain: ScriptModules implement neither ``get_submodule`` on every version
-    nor ``__getitem__`` on Sequential children, but attribute access always works."""
-    module = root
-    for part in name.split(".") if name else []:
-        module = getattr(module, part)
-    return module
 
 
 def _split(qualified: str) -> tuple[str, str]:
@@ -179,7 +169,7 @@ class ScriptGated(GateControls, nn.Module):
         References, not clones: nothing is ever written into them in place, so they stay the
         originals without doubling the model's memory.
         """
-        values = {n: getattr(_submodule(self.net, _split(n)[0]), _split(n)[1]) for n in self._names}
+        values = {n: getattr(fetch_attr(self.net, _split(n)[0]), _split(n)[1]) for n in self._names}
         self._originals = {n: t for n, t in values.items() if t is not None}  # bias=False: nothing to swap
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ScriptGated:
@@ -216,7 +206,7 @@ class ScriptGated(GateControls, nn.Module):
 
     def _set(self, name: str, value: torch.Tensor) -> None:
         owner, leaf = _split(name)
-        setattr(_submodule(self.net, owner), leaf, value)
+        setattr(fetch_attr(self.net, owner), leaf, value)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weight_name = _qualified(self.units.classifier, "weight")
@@ -227,7 +217,7 @@ class ScriptGated(GateControls, nn.Module):
                 g = gate.gate()
                 for name in unit.zero_params:
                     owner, leaf = _split(name)
-                    current = getattr(_submodule(self.net, owner), leaf)  # composes shared params
+                    current = getattr(fetch_attr(self.net, owner), leaf)  # composes shared params
                     shape = [-1] + [1] * (current.dim() - 1)
                     self._set(name, current * g.to(current.dtype).view(shape))
             eye = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
@@ -239,19 +229,6 @@ class ScriptGated(GateControls, nn.Module):
             for name, tensor in self._originals.items():
                 self._set(name, tensor)
         return F.linear(z, weight, bias), z.flatten(1)
-
-
-def count_params_script(scripted: nn.Module) -> int:
-    """Parameters plus buffers, minus BN running statistics (as ``slim.count_params``)."""
-    seen: set[int] = set()
-    total = 0
-    named = list(scripted.named_parameters()) + list(scripted.named_buffers())
-    for name, tensor in named:
-        if name.rsplit(".", 1)[-1] in _RUNNING_STATS or id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel()
-    return total
 
 
 def count_flops_script(scripted: nn.Module, example_input: torch.Tensor) -> int | None:

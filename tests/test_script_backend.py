@@ -16,7 +16,8 @@ from bise_core import zoo
 from bise_core.errors import BiseInputError
 from bise_core.evaluate import predict
 from bise_core.models import quiet_torch
-from bise_core.script_backend import ScriptGated, count_flops_script, count_params_script, find_script_units
+from bise_core.script_backend import ScriptGated, count_flops_script, find_script_units
+from bise_core.slim import count_params
 from bise_core.units import UnitGraph
 
 
@@ -213,7 +214,7 @@ def test_counts(archives):
     torch.manual_seed(0)
     eager = zoo.SimpleCNN(width=8).eval()
     scripted = _load(archives["cnn"])
-    assert count_params_script(scripted) == sum(p.numel() for p in eager.parameters())
+    assert count_params(scripted) == sum(p.numel() for p in eager.parameters())
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
