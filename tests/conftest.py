@@ -49,3 +49,62 @@ def archive_factory(tmp_path_factory: pytest.TempPathFactory, tiny_data: Dataset
         return cache[(arch, fmt)]
 
     return get
+
+
+# -- the service: real PostgreSQL and Redis, a private database and namespace per run -----
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory: pytest.TempPathFactory):
+    import os
+
+    from service.migrate import upgrade
+    from service.settings import get_settings
+    from tests.service_env import apply_environment, scratch_database, service_environment
+
+    saved = dict(os.environ)
+    with scratch_database() as url:
+        env = service_environment(tmp_path_factory.mktemp("service"), url)
+        apply_environment(env)
+        upgrade()
+        yield env
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def client(service_env):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def _new_key(project: str) -> str:
+    from service.db import session_scope
+    from service.keys import create_key
+
+    with session_scope() as session:
+        return create_key(session, project)[1]
+
+
+@pytest.fixture(scope="session")
+def auth(service_env) -> dict[str, str]:
+    """Headers of a key of project 'alpha'."""
+    return {"Authorization": f"Bearer {_new_key('alpha')}"}
+
+
+@pytest.fixture(scope="session")
+def other_auth(service_env) -> dict[str, str]:
+    """Headers of a key of another project, 'beta'."""
+    return {"Authorization": f"Bearer {_new_key('beta')}"}
+
+
+@pytest.fixture(scope="session")
+def worker_proc(service_env, tmp_path_factory: pytest.TempPathFactory):
+    from tests.service_env import start_worker
+
+    proc = start_worker(service_env, tmp_path_factory.mktemp("logs") / "worker.log")
+    yield proc
+    proc.stop()

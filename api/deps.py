@@ -1,0 +1,93 @@
+"""Request dependencies: database session, the calling project (auth + rate limit), paging."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, Iterator
+
+import redis
+from fastapi import Depends, Query, Request
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from service.db import session_factory
+from service.keys import project_for_key
+from service.redis_client import get_redis
+from service.settings import Settings, get_settings
+
+
+def get_session() -> Iterator[Session]:
+    session = session_factory()()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@dataclass(frozen=True)
+class Caller:
+    project_id: str
+    key_id: str
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, detail, code="invalid_api_key", param="Authorization",
+                    errors=[{"field": "Authorization", "in": "header", "pointer": None, "message": detail,
+                             "code": "invalid_api_key"}],
+                    headers={"WWW-Authenticate": 'Bearer realm="bise"'})
+
+
+def _rate_limit(settings: Settings, key_id: str) -> None:
+    """Fixed one-minute window per key in Redis; fails open when Redis is down (readyz says so)."""
+    limit = settings.rate_limit_per_minute
+    if limit <= 0:
+        return
+    now = time.time()
+    window = int(now // 60)
+    bucket = f"{settings.redis_prefix}rl:{key_id}:{window}"
+    try:
+        pipe = get_redis().pipeline()
+        pipe.incr(bucket)
+        pipe.expire(bucket, 120)
+        count = int(pipe.execute()[0])
+    except redis.RedisError:
+        return
+    if count > limit:
+        retry = max(1, int((window + 1) * 60 - now) + 1)
+        raise ApiError(429, f"rate limit of {limit} requests per minute exceeded; retry in {retry} s",
+                       code="rate_limited", headers={"Retry-After": str(retry)})
+
+
+def get_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    found = project_for_key(session, token.strip())
+    if found is None:
+        raise _unauthorized("invalid or revoked API key")
+    project, key = found
+    _rate_limit(get_settings(), key.id)
+    request.state.project_id = project.id
+    return Caller(project_id=project.id, key_id=key.id)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    after: str | None
+
+
+def get_page(
+    limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
+    after: Annotated[str | None, Query(max_length=64, description="last_id of the previous page")] = None,
+) -> Page:
+    return Page(limit=limit, after=after)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the API: HTTP latency here, job figures read at scrape time.
+
+Job counts, durations and queue depth live in PostgreSQL and Redis, not in this process,
+so a collector queries them when scraped: every API replica reports the same truth and
+nothing is lost when a replica restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from sqlalchemy import func, select
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.db import session_factory
+from service.models import Job
+from service.redis_client import get_redis
+from service.settings import get_settings
+
+log = logging.getLogger(__name__)
+REGISTRY = CollectorRegistry()
+DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
+
+HTTP_LATENCY = Histogram(
+    "bise_http_request_duration_seconds", "HTTP request latency by route", ["method", "route", "status"],
+    registry=REGISTRY, buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class JobCollector:
+    def collect(self) -> Iterable[Metric]:
+        try:
+            yield from self._jobs()
+        except Exception as exc:  # a scrape must never fail because the database blinked
+            log.warning("job metrics unavailable: %s", exc)
+        yield self._queues()
+
+    def _jobs(self) -> Iterable[Metric]:
+        with session_factory()() as session:
+            by_status = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            finished = session.execute(
+                select(Job.started_at, Job.finished_at).where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+            ).all()
+        gauge = GaugeMetricFamily("bise_jobs", "jobs by status", labels=["status"])
+        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+            gauge.add_metric([status], dict(by_status).get(status, 0))
+        yield gauge
+        durations = [(end - start).total_seconds() for start, end in finished]
+        buckets = [(str(b), sum(1 for d in durations if d <= b)) for b in DURATION_BUCKETS]
+        buckets.append(("+Inf", len(durations)))
+        yield HistogramMetricFamily("bise_job_duration_seconds", "wall time of finished jobs (start to end)",
+                                    buckets=buckets, sum_value=sum(durations))
+
+    def _queues(self) -> Metric:
+        settings = get_settings()
+        gauge = GaugeMetricFamily("bise_queue_depth", "messages waiting in each Celery queue", labels=["queue"])
+        for queue in (settings.queue_gpu, settings.queue_cpu):
+            try:
+                depth = get_redis().llen(f"{settings.redis_prefix}{queue}")
+            except Exception:
+                depth = float("nan")
+            gauge.add_metric([queue], depth)
+        return gauge
+
+
+REGISTRY.register(JobCollector())  # type: ignore[arg-type]
+
+
+class MetricsMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        HTTP_LATENCY.labels(request.method, template, str(response.status_code)).observe(time.perf_counter() - start)
+        return response

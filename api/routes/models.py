@@ -1,0 +1,112 @@
+"""/v1/models: streamed upload, validation in a sandboxed worker process, read, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from api.deps import CallerDep, PageDep, SessionDep
+from api.errors import PROBLEM_RESPONSES, ApiError, field_error, not_found
+from api.listing import apply_filters, list_body, metadata_filters, page_of
+from api.schemas import ListOf, ModelObject, check_metadata
+from api.serialize import model_out
+from api.upload import discard, receive_upload, safe_filename
+from service import queue
+from service.ids import new_id
+from service.models import QUEUED, RUNNING, Job, Model, utcnow
+from service.settings import get_settings
+from service.stores import get_storage
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES)
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "TorchScript (torch.jit.save) or torch.export (.pt2) archive"},
+                        "name": {"type": "string", "maxLength": 200},
+                        "metadata": {"type": "string", "description": "JSON object of string pairs"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def owned_model(session: SessionDep, caller: CallerDep, model_id: str, param: str | None = None) -> Model:
+    row = session.get(Model, model_id)
+    if row is None or row.project_id != caller.project_id or row.deleted_at is not None:
+        raise not_found("model", model_id, param)
+    return row
+
+
+def _parse_metadata(raw: str | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError("metadata must be a JSON object of strings")
+        return check_metadata(value)
+    except ValueError as exc:
+        raise ApiError(422, str(exc), code="invalid_request", errors=[field_error("metadata", str(exc))]) from None
+
+
+@router.post("", status_code=201, response_model=ModelObject, openapi_extra=UPLOAD_BODY,
+             responses={413: PROBLEM_RESPONSES[413], 415: {"description": "not multipart/form-data"}},
+             summary="Upload a model (multipart, streamed)")
+async def upload_model(request: Request, caller: CallerDep, session: SessionDep) -> Any:
+    settings = get_settings()
+    upload = await receive_upload(request, settings.work_dir / "uploads", settings.max_upload_bytes)
+    try:
+        meta = _parse_metadata(upload.fields.get("metadata"))
+        name = (upload.fields.get("name") or upload.filename or "model")[:200]
+        model_id = new_id("model")
+        filename = safe_filename(upload.filename)
+        key = f"models/{model_id}/{filename}"
+        await run_in_threadpool(get_storage().put_file, key, upload.path)
+    finally:
+        discard(upload)
+    row = Model(id=model_id, project_id=caller.project_id, name=name, filename=filename, sha256=upload.sha256,
+                size_bytes=upload.size, storage_key=key, meta=meta)
+    session.add(row)
+    await run_in_threadpool(session.commit)
+    queue.send(queue.VALIDATE_MODEL, model_id)
+    return model_out(row)
+
+
+@router.get("", response_model=ListOf[ModelObject], summary="List models, newest first")
+def list_models(request: Request, caller: CallerDep, session: SessionDep, page: PageDep,
+                status: Annotated[str | None, Query(pattern="^(validating|ready|invalid)$")] = None) -> Any:
+    stmt = select(Model).where(Model.project_id == caller.project_id, Model.deleted_at.is_(None))
+    rows, more = page_of(session, apply_filters(stmt, Model, status, metadata_filters(request)), Model, page)
+    return list_body([model_out(r) for r in rows], more)
+
+
+@router.get("/{model_id}", response_model=ModelObject, summary="Get a model")
+def get_model(model_id: str, caller: CallerDep, session: SessionDep) -> Any:
+    return model_out(owned_model(session, caller, model_id))
+
+
+@router.delete("/{model_id}", summary="Delete a model and its stored file")
+def delete_model(model_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
+    row = owned_model(session, caller, model_id)
+    busy = session.scalar(select(Job.id).where(Job.model_id == row.id, Job.status.in_([QUEUED, RUNNING])).limit(1))
+    if busy:
+        raise ApiError(409, f"job {busy} still uses this model; cancel it first", code="model_in_use",
+                       param="model_id")
+    row.deleted_at = utcnow()
+    session.commit()
+    get_storage().delete(row.storage_key)
+    return {"id": row.id, "object": "model", "deleted": True}

@@ -1,0 +1,65 @@
+"""Validate uploads and dataset references; record ``ready`` or ``invalid`` with a reason.
+
+Both run the actual inspection in the sandbox (worker/sandbox.py). A validation is
+idempotent: a redelivered message re-validates an object that is still ``validating`` and
+ignores one that has been decided (or deleted).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from service.db import session_scope
+from service.models import INVALID, READY, VALIDATING, Dataset, Model
+from service.settings import get_settings
+from service.stores import get_storage
+from worker.sandbox import inspect_dataset, inspect_model
+
+log = logging.getLogger(__name__)
+
+
+def validate_model(model_id: str) -> str | None:
+    settings = get_settings()
+    with session_scope() as session:
+        row = session.get(Model, model_id)
+        if row is None or row.status != VALIDATING or row.deleted_at is not None:
+            return None
+        key, filename = row.storage_key, row.filename
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="validate-") as tmp:
+        local = Path(tmp) / filename
+        get_storage().get_file(key, local)
+        result = inspect_model(local, settings)
+    with session_scope() as session:
+        row = session.get(Model, model_id)
+        if row is None or row.status != VALIDATING:
+            return None
+        if result.ok:
+            row.status, row.format, row.summary, row.error = READY, result.data.get("format"), result.data, None
+        else:
+            row.status, row.error = INVALID, result.data["error"]
+        log.info("model %s is %s", model_id, row.status)
+        return row.status
+
+
+def validate_dataset(dataset_id: str) -> str | None:
+    settings = get_settings()
+    with session_scope() as session:
+        row = session.get(Dataset, dataset_id)
+        if row is None or row.status != VALIDATING or row.deleted_at is not None:
+            return None
+        uri, bias_columns = row.uri, row.bias_columns
+    result = inspect_dataset(uri, settings, bias_columns)
+    with session_scope() as session:
+        row = session.get(Dataset, dataset_id)
+        if row is None or row.status != VALIDATING:
+            return None
+        if result.ok:
+            row.status, row.summary, row.error = READY, result.data, None
+            row.format = row.format or result.data.get("format")
+        else:
+            row.status, row.error = INVALID, result.data["error"]
+        log.info("dataset %s is %s", dataset_id, row.status)
+        return row.status
