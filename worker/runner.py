@@ -26,6 +26,7 @@ from service.models import INVALID, READY, RUNNING, TERMINAL, Dataset, Job, Mode
 from service.settings import Settings, get_settings
 from service.stores import get_storage
 from worker.checkpoints import StoredCheckpointer
+from worker.dataset_source import localise
 from worker.lease import Heartbeat
 from worker.progress import JobProgress
 
@@ -143,9 +144,9 @@ class JobRun:
         config = BiseConfig(**hyper)
         checkpoint = StoredCheckpointer(self.job_id, self.owner, get_storage(), self.dir / "resume.ckpt",
                                         job.checkpoint_key)
-        result = prune(model_path, dataset.uri, self.dir / "out", config, on_progress=JobProgress(self.job_id),
-                       should_stop=beat.should_stop, data_roots=list(self.settings.data_roots) or None,
-                       checkpoint=checkpoint)
+        data_uri, roots = localise(dataset.uri, self.settings)
+        result = prune(model_path, data_uri, self.dir / "out", config, on_progress=JobProgress(self.job_id),
+                       should_stop=beat.should_stop, data_roots=roots, checkpoint=checkpoint)
         if beat.should_stop():
             raise Cancelled()
         artifacts = _upload(self.job_id, result.files, model.format or result.report.get("model", {}).get("format", ""))

@@ -75,9 +75,9 @@ def inspect_model(path: Path, settings: Settings) -> SandboxResult:
     return run_bise(["inspect", str(path)], settings, param="file")
 
 
-def inspect_dataset(uri: str, settings: Settings, bias_columns: list[str] | None) -> SandboxResult:
+def inspect_dataset(uri: str, roots: list[Path], bias_columns: list[str] | None, settings: Settings) -> SandboxResult:
     args = ["dataset-info", uri]
-    for root in settings.data_roots:
+    for root in roots:
         args += ["--data-root", str(root)]
     if bias_columns:
         args += ["--bias-columns", ",".join(bias_columns)]

@@ -15,7 +15,9 @@ from service.db import session_scope
 from service.models import INVALID, READY, VALIDATING, Dataset, Model
 from service.settings import get_settings
 from service.stores import get_storage
-from worker.sandbox import inspect_dataset, inspect_model
+from bise_core.errors import BiseInputError
+from worker.dataset_source import localise
+from worker.sandbox import SandboxResult, inspect_dataset, inspect_model
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,14 @@ def validate_dataset(dataset_id: str) -> str | None:
         if row is None or row.status != VALIDATING or row.deleted_at is not None:
             return None
         uri, bias_columns = row.uri, row.bias_columns
-    result = inspect_dataset(uri, settings, bias_columns)
+    try:
+        local_uri, roots = localise(uri, settings)
+        result = inspect_dataset(local_uri, roots, bias_columns, settings)
+    except BiseInputError as exc:
+        result = SandboxResult(False, {"error": {"code": exc.code, "message": exc.message, "param": "uri"}})
+    except Exception as exc:  # S3 unreachable, access denied, ...
+        result = SandboxResult(False, {"error": {"code": "dataset_unreachable", "message": f"{type(exc).__name__}: {exc}"[:500],
+                                                "param": "uri"}})
     with session_scope() as session:
         row = session.get(Dataset, dataset_id)
         if row is None or row.status != VALIDATING:
