@@ -53,19 +53,24 @@ class ListOf(BaseModel, Generic[T]):
     last_id: str | None = Field(None, description="pass as ?after= to get the next page")
 
 
-class ModelObject(BaseModel):
+class _ValidatedObject(BaseModel):
+    """Fields of objects validated asynchronously (``validating -> ready | invalid``)."""
+
     id: str
-    object: Literal["model"] = "model"
     name: str
-    filename: str
     status: Literal["validating", "ready", "invalid"]
     format: str | None = None
-    sha256: str
-    size_bytes: int
-    summary: dict[str, Any] | None = Field(None, description="params, input_spec, prunable units per layer")
     error: ErrorInfo | None = None
     metadata: Metadata = Field(default_factory=dict)
     created_at: datetime
+
+
+class ModelObject(_ValidatedObject):
+    object: Literal["model"] = "model"
+    filename: str
+    sha256: str
+    size_bytes: int
+    summary: dict[str, Any] | None = Field(None, description="params, input_spec, prunable units per layer")
 
 
 class DatasetCreate(BaseModel):
@@ -82,18 +87,11 @@ class DatasetCreate(BaseModel):
     _meta = field_validator("metadata")(check_metadata)
 
 
-class DatasetObject(BaseModel):
-    id: str
+class DatasetObject(_ValidatedObject):
     object: Literal["dataset"] = "dataset"
-    name: str
     uri: str
-    format: str | None = None
     bias_columns: list[str] | None = None
-    status: Literal["validating", "ready", "invalid"]
     summary: dict[str, Any] | None = Field(None, description="classes, bias attributes, per-split group counts")
-    error: ErrorInfo | None = None
-    metadata: Metadata = Field(default_factory=dict)
-    created_at: datetime
 
 
 class JobCreate(BaseModel):

@@ -66,18 +66,10 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Model(Base):
-    __tablename__ = "models"
+class ValidatedObject:
+    """Columns shared by uploads and dataset references: validated asynchronously, soft-deleted."""
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    filename: Mapped[str] = mapped_column(String(300))
     status: Mapped[str] = mapped_column(String(20), default=VALIDATING, index=True)
-    format: Mapped[str | None] = mapped_column(String(20))
-    sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    storage_key: Mapped[str] = mapped_column(String(300))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
@@ -86,7 +78,20 @@ class Model(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Dataset(Base):
+class Model(ValidatedObject, Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(String(300))
+    format: Mapped[str | None] = mapped_column(String(20))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(300))
+
+
+class Dataset(ValidatedObject, Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -95,13 +100,6 @@ class Dataset(Base):
     uri: Mapped[str] = mapped_column(Text)
     format: Mapped[str | None] = mapped_column(String(20))
     bias_columns: Mapped[list[Any] | None] = mapped_column(JsonType)
-    status: Mapped[str] = mapped_column(String(20), default=VALIDATING, index=True)
-    summary: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType, default=dict)
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):

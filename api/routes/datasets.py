@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import select
 
 from api.deps import CallerDep, PageDep, SessionDep
-from api.errors import PROBLEM_RESPONSES, ApiError, field_error, not_found
-from api.listing import apply_filters, list_body, metadata_filters, page_of
+from api.errors import PROBLEM_RESPONSES, ApiError, field_error
+from api.resources import list_owned, owned, soft_delete
 from api.schemas import DatasetCreate, DatasetObject, ListOf
 from api.serialize import dataset_out
 from service import queue
 from service.ids import new_id
-from service.models import QUEUED, RUNNING, Dataset, Job, utcnow
+from service.models import Dataset, Job
 from service.settings import get_settings
 from service.uris import UriError, check_dataset_uri
 
@@ -22,10 +21,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_R
 
 
 def owned_dataset(session: SessionDep, caller: CallerDep, dataset_id: str, param: str | None = None) -> Dataset:
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.project_id != caller.project_id or row.deleted_at is not None:
-        raise not_found("dataset", dataset_id, param)
-    return row
+    return owned(session, caller, Dataset, "dataset", dataset_id, param)
 
 
 @router.post("", status_code=201, response_model=DatasetObject, summary="Register a dataset by URI")
@@ -45,9 +41,7 @@ def create_dataset(body: DatasetCreate, caller: CallerDep, session: SessionDep) 
 @router.get("", response_model=ListOf[DatasetObject], summary="List datasets, newest first")
 def list_datasets(request: Request, caller: CallerDep, session: SessionDep, page: PageDep,
                   status: Annotated[str | None, Query(pattern="^(validating|ready|invalid)$")] = None) -> Any:
-    stmt = select(Dataset).where(Dataset.project_id == caller.project_id, Dataset.deleted_at.is_(None))
-    rows, more = page_of(session, apply_filters(stmt, Dataset, status, metadata_filters(request)), Dataset, page)
-    return list_body([dataset_out(r) for r in rows], more)
+    return list_owned(request, session, caller, Dataset, page, status, dataset_out)
 
 
 @router.get("/{dataset_id}", response_model=DatasetObject, summary="Get a dataset")
@@ -57,11 +51,4 @@ def get_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> Any:
 
 @router.delete("/{dataset_id}", summary="Forget a dataset (its data is never touched)")
 def delete_dataset(dataset_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
-    row = owned_dataset(session, caller, dataset_id)
-    busy = session.scalar(select(Job.id).where(Job.dataset_id == row.id, Job.status.in_([QUEUED, RUNNING])).limit(1))
-    if busy:
-        raise ApiError(409, f"job {busy} still uses this dataset; cancel it first", code="dataset_in_use",
-                       param="dataset_id")
-    row.deleted_at = utcnow()
-    session.commit()
-    return {"id": row.id, "object": "dataset", "deleted": True}
+    return soft_delete(session, owned_dataset(session, caller, dataset_id), "dataset", Job.dataset_id)

@@ -12,8 +12,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import CallerDep, PageDep, SessionDep
-from api.errors import PROBLEM_RESPONSES, ApiError, field_error, not_found
-from api.listing import apply_filters, list_body, metadata_filters, page_of
+from api.errors import PROBLEM_RESPONSES, ApiError, field_error
+from api.resources import list_owned, owned
 from api.routes.datasets import owned_dataset
 from api.routes.models import owned_model
 from api.schemas import JobCreate, JobObject, ListOf
@@ -31,10 +31,7 @@ STATUS_PATTERN = "^(queued|running|succeeded|failed|cancelled)$"
 
 
 def owned_job(session: SessionDep, caller: CallerDep, job_id: str) -> Job:
-    row = session.get(Job, job_id)
-    if row is None or row.project_id != caller.project_id:
-        raise not_found("job", job_id)
-    return row
+    return owned(session, caller, Job, "job", job_id)
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -109,13 +106,12 @@ def list_jobs(request: Request, caller: CallerDep, session: SessionDep, page: Pa
               status: Annotated[str | None, Query(pattern=STATUS_PATTERN)] = None,
               model_id: Annotated[str | None, Query(max_length=64)] = None,
               dataset_id: Annotated[str | None, Query(max_length=64)] = None) -> Any:
-    stmt = select(Job).where(Job.project_id == caller.project_id)
+    stmt = select(Job)
     if model_id:
         stmt = stmt.where(Job.model_id == model_id)
     if dataset_id:
         stmt = stmt.where(Job.dataset_id == dataset_id)
-    rows, more = page_of(session, apply_filters(stmt, Job, status, metadata_filters(request)), Job, page)
-    return list_body([job_out(r) for r in rows], more)
+    return list_owned(request, session, caller, Job, page, status, job_out, stmt)
 
 
 @router.get("/{job_id}", response_model=JobObject, summary="Get a job: status, progress, metrics, error")

@@ -7,17 +7,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from api.deps import CallerDep, PageDep, SessionDep
-from api.errors import PROBLEM_RESPONSES, ApiError, field_error, not_found
-from api.listing import apply_filters, list_body, metadata_filters, page_of
+from api.errors import PROBLEM_RESPONSES, ApiError, field_error
+from api.resources import list_owned, owned, soft_delete
 from api.schemas import ListOf, ModelObject, check_metadata
 from api.serialize import model_out
 from api.upload import discard, receive_upload, safe_filename
 from service import queue
 from service.ids import new_id
-from service.models import QUEUED, RUNNING, Job, Model, utcnow
+from service.models import Job, Model
 from service.settings import get_settings
 from service.stores import get_storage
 
@@ -45,10 +44,7 @@ UPLOAD_BODY = {
 
 
 def owned_model(session: SessionDep, caller: CallerDep, model_id: str, param: str | None = None) -> Model:
-    row = session.get(Model, model_id)
-    if row is None or row.project_id != caller.project_id or row.deleted_at is not None:
-        raise not_found("model", model_id, param)
-    return row
+    return owned(session, caller, Model, "model", model_id, param)
 
 
 def _parse_metadata(raw: str | None) -> dict[str, str]:
@@ -89,9 +85,7 @@ async def upload_model(request: Request, caller: CallerDep, session: SessionDep)
 @router.get("", response_model=ListOf[ModelObject], summary="List models, newest first")
 def list_models(request: Request, caller: CallerDep, session: SessionDep, page: PageDep,
                 status: Annotated[str | None, Query(pattern="^(validating|ready|invalid)$")] = None) -> Any:
-    stmt = select(Model).where(Model.project_id == caller.project_id, Model.deleted_at.is_(None))
-    rows, more = page_of(session, apply_filters(stmt, Model, status, metadata_filters(request)), Model, page)
-    return list_body([model_out(r) for r in rows], more)
+    return list_owned(request, session, caller, Model, page, status, model_out)
 
 
 @router.get("/{model_id}", response_model=ModelObject, summary="Get a model")
@@ -102,11 +96,6 @@ def get_model(model_id: str, caller: CallerDep, session: SessionDep) -> Any:
 @router.delete("/{model_id}", summary="Delete a model and its stored file")
 def delete_model(model_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     row = owned_model(session, caller, model_id)
-    busy = session.scalar(select(Job.id).where(Job.model_id == row.id, Job.status.in_([QUEUED, RUNNING])).limit(1))
-    if busy:
-        raise ApiError(409, f"job {busy} still uses this model; cancel it first", code="model_in_use",
-                       param="model_id")
-    row.deleted_at = utcnow()
-    session.commit()
+    deleted = soft_delete(session, row, "model", Job.model_id)
     get_storage().delete(row.storage_key)
-    return {"id": row.id, "object": "model", "deleted": True}
+    return deleted

@@ -1,4 +1,4 @@
-"""Cursor pagination and filters shared by every list endpoint.
+"""What every resource endpoint shares: ownership checks, cursor pagination, filters, delete.
 
 Ids are time-ordered (service.ids), so "newest first, strictly older than ``after``" is a
 keyset scan on the primary key: stable under concurrent inserts and O(limit) per page.
@@ -10,11 +10,12 @@ import re
 from typing import Any, Sequence, TypeVar
 
 from fastapi import Request
-from sqlalchemy import Select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from api.deps import Page
-from api.errors import ApiError, field_error
+from api.deps import Caller, Page
+from api.errors import ApiError, field_error, not_found
+from service.models import QUEUED, RUNNING, Job, utcnow
 
 Row = TypeVar("Row")
 _META_PARAM = re.compile(r"^metadata\[([^\[\]]{1,64})\]$")
@@ -51,3 +52,31 @@ def page_of(session: Session, stmt: Select[Any], cls: Any, page: Page) -> tuple[
 def list_body(items: list[Any], has_more: bool) -> dict[str, Any]:
     return {"object": "list", "data": items, "has_more": has_more,
             "last_id": items[-1]["id"] if items and isinstance(items[-1], dict) else (items[-1].id if items else None)}
+
+
+def owned(session: Session, caller: Caller, cls: Any, kind: str, object_id: str, param: str | None = None) -> Any:
+    """The caller's object, or 404 whether it does not exist, is deleted or is another project's."""
+    row = session.get(cls, object_id)
+    if row is None or row.project_id != caller.project_id or getattr(row, "deleted_at", None) is not None:
+        raise not_found(kind, object_id, param)
+    return row
+
+
+def list_owned(request: Request, session: Session, caller: Caller, cls: Any, page: Page, status: str | None,
+               serialize: Any, stmt: Select[Any] | None = None) -> dict[str, Any]:
+    stmt = (stmt if stmt is not None else select(cls)).where(cls.project_id == caller.project_id)
+    if hasattr(cls, "deleted_at"):
+        stmt = stmt.where(cls.deleted_at.is_(None))
+    rows, more = page_of(session, apply_filters(stmt, cls, status, metadata_filters(request)), cls, page)
+    return list_body([serialize(r) for r in rows], more)
+
+
+def soft_delete(session: Session, row: Any, kind: str, job_column: Any) -> dict[str, Any]:
+    """Mark deleted (jobs keep pointing at it); refused while a queued or running job uses it."""
+    busy = session.scalar(select(Job.id).where(job_column == row.id, Job.status.in_([QUEUED, RUNNING])).limit(1))
+    if busy:
+        raise ApiError(409, f"job {busy} still uses this {kind}; cancel it first", code=f"{kind}_in_use",
+                       param=f"{kind}_id")
+    row.deleted_at = utcnow()
+    session.commit()
+    return {"id": row.id, "object": kind, "deleted": True}

@@ -1,0 +1,180 @@
+"""End to end through real processes: ``python -m api`` and ``python -m worker`` against the
+machine's PostgreSQL and Redis. A user's path: upload a TorchScript model, register a
+builtin dataset, create a job with a webhook, follow the SSE stream to the end, download the
+checkpoint and check that it reproduces the report's pruned accuracy."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from tests.conftest import TINY_URI
+from tests.test_cli import QUICK, accuracy_of_checkpoint
+
+pytestmark = pytest.mark.slow
+# the CLI's quick schedule, as API hyperparameters
+HYPER = {QUICK[i].lstrip("-").replace("-", "_"): float(QUICK[i + 1]) for i in range(0, len(QUICK), 2)}
+HYPER.update(aux_epochs=2, aux_pretrain_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def api(service_env, worker_proc, tmp_path_factory, auth):
+    from tests.service_env import start_api
+
+    proc, url = start_api(service_env, tmp_path_factory.mktemp("logs") / "api.log")
+    with httpx.Client(base_url=url, headers=auth, timeout=30) as http:
+        yield http
+    proc.stop()
+    assert "bise_sk_" not in proc.output().replace("bise_sk_[redacted]", "")
+
+
+class _Hooks(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook_sink():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Hooks.received
+    server.shutdown()
+
+
+def wait_status(http: httpx.Client, path: str, wanted: set[str], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(path).json()
+        if body["status"] in wanted:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"{path} stuck in {body['status']}")
+
+
+def upload_model(http: httpx.Client, path, name="m") -> dict:
+    with open(path, "rb") as handle:
+        res = http.post("/v1/models", files={"file": (path.name, handle)}, data={"name": name})
+    assert res.status_code == 201, res.text
+    return res.json()
+
+
+def read_sse(http: httpx.Client, job_id: str, last_event_id: int | None = None, stop_after: int | None = None):
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    events = []
+    with http.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=300) as res:
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+        for line in res.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+    return events
+
+
+def test_upload_dataset_job_stream_download(api, archive_factory, tiny_data, tmp_path, webhook_sink):
+    hook_url, received = webhook_sink
+    model = upload_model(api, archive_factory("cnn"))
+    dataset = api.post("/v1/datasets", json={"name": "tiny digits", "uri": TINY_URI}).json()
+    model = wait_status(api, f"/v1/models/{model['id']}", {"ready", "invalid"})
+    assert model["status"] == "ready", model
+    assert model["format"] == "torchscript" and model["summary"]["params"] > 0 and model["summary"]["units_total"] > 0
+    dataset = wait_status(api, f"/v1/datasets/{dataset['id']}", {"ready", "invalid"})
+    assert dataset["status"] == "ready", dataset
+    train_groups = dataset["summary"]["splits"]["train"]["groups"]
+    assert sum(g["count"] for g in train_groups) == len(tiny_data.splits["train"])
+
+    res = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"], "hyperparameters": HYPER,
+                                     "webhook_url": hook_url, "metadata": {"suite": "e2e"}})
+    assert res.status_code == 201, res.text
+    job_id = res.json()["id"]
+
+    # a reader that drops the connection after a few events and resumes with Last-Event-ID
+    first = read_sse(api, job_id, stop_after=3)
+    rest = read_sse(api, job_id, last_event_id=first[-1]["id"])
+    events = first + rest
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))  # lossless, in order, no repeats
+    types = [e["type"] for e in events]
+    assert types[0] == "job.created" and "job.started" in types and "phase" in types and types[-1] == "job.succeeded"
+    history = api.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    assert [e["id"] for e in history] == [e["id"] for e in events]
+
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["metrics"]["verdict"]
+    report = api.get(f"/v1/jobs/{job_id}/report").json()
+    assert {"vanilla", "pruned", "sparsity", "params", "flops", "verdict"} <= set(report)
+
+    res = api.get(f"/v1/jobs/{job_id}/checkpoint")
+    assert res.status_code == 200 and res.headers["etag"] and res.headers["accept-ranges"] == "bytes"
+    path = tmp_path / "pruned.pt"
+    path.write_bytes(res.content)
+    test = tiny_data.splits["test"]
+    accuracy, _, _ = accuracy_of_checkpoint(path, test.x, test.y, "torchscript")
+    assert accuracy == report["pruned"]["test"]["accuracy"]
+
+    part = api.get(f"/v1/jobs/{job_id}/checkpoint", headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == res.content[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(res.content)}"
+    assert api.get(f"/v1/jobs/{job_id}/checkpoint", headers={"If-None-Match": res.headers["etag"]}).status_code == 304
+    assert api.get(f"/v1/jobs/{job_id}/checkpoint", headers={"Range": "bytes=999999999-"}).status_code == 416
+
+    mask = api.get(f"/v1/jobs/{job_id}/mask").json()
+    assert mask["units_kept"] == report["sparsity"]["units_kept"]
+    html = api.get(f"/v1/jobs/{job_id}/report", headers={"Accept": "text/html"})
+    assert html.headers["content-type"].startswith("text/html") and "Verdict" in html.text
+    assert job_id in api.get(f"/v1/jobs/{job_id}/report.html").text
+
+    # the signed webhook of the terminal state
+    from service.webhooks import verify
+
+    secret = api.get("/v1/project").json()["webhook_secret"]
+    deadline = time.monotonic() + 30
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    headers, body = received[-1]
+    verify(secret, headers, body)
+    payload = json.loads(body)
+    assert payload["type"] == "job.succeeded" and payload["data"]["id"] == job_id
+
+
+def test_corrupt_model_and_missing_dataset_become_invalid_and_jobs_fail_fast(api, service_env, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 200)
+    model = wait_status(api, f"/v1/models/{upload_model(api, bad)['id']}", {"ready", "invalid"})
+    assert model["status"] == "invalid" and model["error"]["code"] and model["error"]["message"]
+    root = service_env["BISE_DATA_ROOTS"]
+    dataset = api.post("/v1/datasets", json={"name": "gone", "uri": f"file://{root}/nope.pt"}).json()
+    dataset = wait_status(api, f"/v1/datasets/{dataset['id']}", {"ready", "invalid"})
+    assert dataset["status"] == "invalid" and dataset["error"]["param"] == "uri"
+    job = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"]}).json()
+    assert job["status"] == "failed" and job["error"]["code"] == "model_invalid"
+
+
+def test_cancel_a_running_job_frees_the_worker(api, archive_factory):
+    model = upload_model(api, archive_factory("cnn"))
+    dataset = api.post("/v1/datasets", json={"name": "tiny", "uri": TINY_URI}).json()
+    long = {"tau_decay": 0.99, "tau_min": 0.001, "max_epochs": 1000}
+    job = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"], "hyperparameters": long}).json()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        events = api.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        if any(e["type"] == "progress" for e in events):
+            break
+        time.sleep(0.5)
+    res = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert res.status_code == 200 and res.json()["cancel_requested"]
+    done = wait_status(api, f"/v1/jobs/{job['id']}", {"cancelled", "failed", "succeeded"}, timeout=60)
+    assert done["status"] == "cancelled"
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
