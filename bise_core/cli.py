@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument("model", type=Path)
     units.add_argument("--data", required=True)
     units.add_argument("--classifier", default=None)
+
+    inspect = sub.add_parser("inspect", help="summarise MODEL without a dataset (format, params, units)")
+    inspect.add_argument("model", type=Path)
+    inspect.add_argument("--input-shape", default=None, help="per-sample input shape, e.g. 3,32,32")
+    inspect.add_argument("--json", action="store_true", help="one JSON object on stdout (errors too)")
+
+    info = sub.add_parser("dataset-info", help="classes, bias attributes and (label, bias) group counts of URI")
+    info.add_argument("uri")
+    info.add_argument("--data-root", action="append", type=Path, default=None,
+                      help="only read datasets under this folder (repeatable)")
+    info.add_argument("--bias-columns", default=None, help="comma-separated manifest bias columns")
+    info.add_argument("--json", action="store_true", help="one JSON object on stdout (errors too)")
     return parser
 
 
@@ -95,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_prune(args)
         if args.command == "train-vanilla":
             return _cmd_train(args)
+        if args.command in ("inspect", "dataset-info"):
+            return _cmd_summary(args)
         return _cmd_units(args)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -157,6 +171,57 @@ def _cmd_units(args: argparse.Namespace) -> int:
         print(f"  {unit.name:40s} {unit.kind:6s} {unit.size:6d} units  zeroes {', '.join(unit.zero_params)}")
     print(f"total: {graph.total_units} units in {len(graph.units)} layers")
     return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    """``inspect`` and ``dataset-info``: a JSON summary, or a JSON error, never a traceback.
+
+    Their input is untrusted (the service runs them on uploads), so any failure is the
+    input's: it is reported as ``{"error": {code, message, param}}`` with exit code 2.
+    """
+    from bise_core.inspect import dataset_info, inspect_model
+
+    param = "model" if args.command == "inspect" else "uri"
+    try:
+        if args.command == "inspect":
+            summary = inspect_model(args.model, args.input_shape)
+        else:
+            columns = [c.strip() for c in args.bias_columns.split(",")] if args.bias_columns else None
+            summary = dataset_info(args.uri, args.data_root, columns)
+    except Exception as exc:  # a hostile or broken file can make torch fail in any way
+        if _out_of_memory(exc):
+            # No JSON answer: the sandbox recognises this line and reports its memory limit.
+            print(f"bise: error: MemoryError: inspecting the {param} ran out of memory", file=sys.stderr)
+            return 1
+        error = _error_body(exc, param)
+    else:
+        print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+        return 0
+    if args.json:
+        print(json.dumps({"error": error}))
+    else:
+        print(f"bise: error: {error['message']}", file=sys.stderr)
+    return EXIT_INPUT_ERROR
+
+
+def _error_body(exc: Exception, param: str) -> dict[str, str]:
+    if isinstance(exc, BiseInputError):
+        # Keep the specific key at fault (e.g. ``train_b``) in the message; ``param`` names the argument.
+        specific = exc.param not in (None, "model", "data", "uri")
+        return {"code": exc.code, "message": f"{exc.param}: {exc.message}" if specific else exc.message,
+                "param": param}
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return {"code": "invalid_model" if param == "model" else "invalid_dataset",
+            "message": f"{type(exc).__name__}: {first}"[:500], "param": param}
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """MemoryError, or torch's allocator failing, possibly wrapped in one of our errors."""
+    while exc is not None:
+        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "bad_alloc" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 if __name__ == "__main__":

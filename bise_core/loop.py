@@ -8,12 +8,14 @@ mask that is worse than the dense model is never returned silently.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from bise_core.checkpoint import Checkpointer, CheckpointUnreadable
 from bise_core.config import BiseConfig
 from bise_core.data.splits import Dataset, Split
 from bise_core.evaluate import predict, unbiased_accuracy
@@ -79,8 +81,10 @@ class BiseLoop:
         data: Dataset,
         on_progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        checkpoint: Checkpointer | None = None,
     ) -> None:
         self.cfg = config
+        self.checkpoint = checkpoint
         self.gated = gated.to(config.device)  # type: ignore[attr-defined]
         self.data = data
         self.train = data.splits["train"]
@@ -102,6 +106,7 @@ class BiseLoop:
         )
         z_dim = self._features().shape[1]
         self.heads = AuxHeads(z_dim, data.bias_cardinalities).to(self.device)
+        self.heads.requires_grad_(False)  # trained only inside _refresh_heads
         self.optimizer = _mask_optimizer(config, gated.mask_parameters())
         selection = config.selection or ("best_val" if _has_two_groups(self.val) else "last")
         if selection == "best_val" and not _has_two_groups(self.val):
@@ -193,75 +198,172 @@ class BiseLoop:
                          "epoch": round(epoch, 3), "dense": False}
         return score
 
+    # -- checkpoints --------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed here: the same job, whatever the device."""
+        return {"config": self.cfg.model_dump(exclude={"device"}),
+                "units": [[u.name, u.size] for u in self.gated.units.units],
+                "train_size": len(self.train), "bias_cardinalities": list(self.data.bias_cardinalities),
+                "selection": self.selection_mode}
+
+    def _tensors_and_rng(self) -> dict[str, Any]:
+        """The trained tensors and RNG states (copies: safe to keep while training goes on)."""
+        return {
+            "masks": [p.detach().cpu().clone() for p in self.gated.mask_parameters()],
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "heads": {k: v.detach().cpu().clone() for k, v in self.heads.state_dict().items()},
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+        }
+
+    def _load_tensors_and_rng(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for param, value in zip(self.gated.mask_parameters(), state["masks"], strict=True):
+                param.copy_(value.to(param.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.heads.load_state_dict(state["heads"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def _snapshot(self, run: "_RunState") -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly as this one would have."""
+        state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "fingerprint": self._fingerprint(),
+                                 "run": run.as_dict(), "best": self.best, "period": self.period,
+                                 **self._tensors_and_rng()}
+        if str(self.device).startswith("cuda"):  # nothing in the loop draws from it; kept for completeness
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> "_RunState":
+        """Continue from ``state``, or raise :class:`CheckpointUnreadable` leaving the loop untouched."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointUnreadable(f"checkpoint format {state.get('version')!r}, expected {CHECKPOINT_VERSION}")
+        if state.get("fingerprint") != self._fingerprint():
+            raise CheckpointUnreadable("the checkpoint belongs to another job (model, data or hyperparameters differ)")
+        fresh = self._tensors_and_rng()
+        try:
+            run = _RunState(**state["run"])
+            best, period = dict(state["best"]), int(state["period"])
+            self._load_tensors_and_rng(state)
+        except Exception as exc:  # missing key, wrong shape, ...: a damaged file, not a bug here
+            self._load_tensors_and_rng(fresh)
+            raise CheckpointUnreadable(f"the checkpoint is incomplete ({type(exc).__name__}: {exc})") from exc
+        cuda_rng = state.get("cuda_rng")
+        if cuda_rng is not None and str(self.device).startswith("cuda") and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
+        self.best, self.period = best, period
+        return run
+
+    def _save_checkpoint(self, run: "_RunState") -> None:
+        """Checkpoints only make a restart cheaper: failing to write one must not fail the job."""
+        if self.checkpoint is None:
+            return
+        try:
+            self.checkpoint.save(self._snapshot(run))
+        except Exception as exc:
+            self.on_progress({"type": "checkpoint_failed", "epoch": run.epoch,
+                              "reason": f"{type(exc).__name__}: {exc}"[:500]})
+
+    def _resume_or_start(self) -> "_RunState":
+        if self.checkpoint is not None:
+            try:
+                state = self.checkpoint.load()
+                if state is not None:
+                    run = self._restore(state)
+                    self.on_progress({"type": "resumed", "epoch": run.epoch, "period": self.period})
+                    return run
+            except CheckpointUnreadable as exc:
+                # The checkpoint is our own file, not user input, and a run is deterministic:
+                # starting over costs time but gives the same result; failing the job would not.
+                self.on_progress({"type": "checkpoint_unreadable", "epoch": 0, "reason": str(exc)})
+        self.gated.set_mode("dense")
+        dense_val = self._val_score()
+        self.gated.set_mode("soft")
+        self._refresh_heads(int(self.cfg.aux_pretrain_epochs))  # type: ignore[arg-type]
+        all_kept = [torch.ones(g.m.shape[0], dtype=torch.bool) for g in self.gated.gates]
+        self.best = {"masks": all_kept, "score": dense_val, "period": 0, "epoch": 0, "dense": True}
+        return _RunState(tau=float(self.cfg.tau_0), epoch=0, unchanged=0,  # type: ignore[arg-type]
+                         previous=self.gated.keep_masks(), history=[], dense_val=dense_val)
+
     # -- the loop -----------------------------------------------------------------------
+    def _end_of_period(self, run: "_RunState", parts: dict[str, float]) -> None:
+        """Score, decay tau, refresh the heads, record, and update the early-stop counter."""
+        cfg = self.cfg
+        current = self.gated.keep_masks()
+        score = self._consider(run.epoch) if self.selection_mode == "best_val" else self._val_score()
+        self.period += 1
+        run.tau *= float(cfg.tau_decay)  # type: ignore[arg-type]
+        self._refresh_heads(int(cfg.aux_epochs))  # type: ignore[arg-type]
+        record = {"period": self.period, "epoch": run.epoch, "tau": run.tau, **parts,
+                  "units_kept": int(sum(int(m.sum()) for m in current)),
+                  "units_total": self.gated.units.total_units, "val_unbiased_accuracy": score}
+        run.history.append(record)
+        self.on_progress({"type": "period", **record})
+        same = all(torch.equal(a, b) for a, b in zip(run.previous, current))
+        # Unchanged periods only count once pruning has begun: from a small positive m
+        # the first periods legitimately move no gate.
+        begun = any(not bool(m.all()) for m in current)
+        run.unchanged = run.unchanged + 1 if same and begun else 0
+        run.previous = current
+        if cfg.early_stop_periods and run.unchanged >= int(cfg.early_stop_periods):  # type: ignore[arg-type]
+            run.early_stopped = True
+
     def run(self) -> LoopResult:
         started = time.perf_counter()
         cfg = self.cfg
         total_epochs = cfg.schedule_epochs()
         steps_per_epoch = -(-len(self.train) // int(cfg.batch_size))  # type: ignore[arg-type]
         total_steps = total_epochs * steps_per_epoch
+        run = self._resume_or_start()
+        while not run.early_stopped and run.tau >= float(cfg.tau_min) and run.epoch < total_epochs:  # type: ignore[arg-type]
+            parts = self._mask_epoch(run.epoch, run.tau, run.epoch * steps_per_epoch, total_steps)
+            run.epoch += 1
+            if run.epoch % int(cfg.tau_period) == 0 or run.epoch >= total_epochs:  # type: ignore[arg-type]
+                self._end_of_period(run, parts)
+            self._save_checkpoint(run)
+        masks, selection = self._selected_masks(run)
+        return LoopResult(masks=[m.clone() for m in masks], history=run.history, selection=selection,
+                          epochs_run=run.epoch, seconds=time.perf_counter() - started)
 
-        self.gated.set_mode("dense")
-        dense_val = self._val_score()
-        self.gated.set_mode("soft")
-        self._refresh_heads(int(cfg.aux_pretrain_epochs))  # type: ignore[arg-type]
-
-        all_kept = [torch.ones(g.m.shape[0], dtype=torch.bool) for g in self.gated.gates]
-        self.best = {"masks": all_kept, "score": dense_val, "period": 0, "epoch": 0, "dense": True}
-        history: list[dict[str, Any]] = []
-        tau, epoch, unchanged = float(cfg.tau_0), 0, 0  # type: ignore[arg-type]
-        previous = self.gated.keep_masks()
-        early_stopped = False
-        while tau >= float(cfg.tau_min) and epoch < total_epochs:  # type: ignore[arg-type]
-            parts = self._mask_epoch(epoch, tau, epoch * steps_per_epoch, total_steps)
-            epoch += 1
-            if epoch % int(cfg.tau_period) != 0 and epoch < total_epochs:  # type: ignore[arg-type]
-                continue
-            current = self.gated.keep_masks()
-            score = self._consider(epoch) if self.selection_mode == "best_val" else self._val_score()
-            self.period += 1
-            tau *= float(cfg.tau_decay)  # type: ignore[arg-type]
-            self._refresh_heads(int(cfg.aux_epochs))  # type: ignore[arg-type]
-            record = {"period": self.period, "epoch": epoch, "tau": tau, **parts,
-                      "units_kept": int(sum(int(m.sum()) for m in current)),
-                      "units_total": self.gated.units.total_units, "val_unbiased_accuracy": score}
-            history.append(record)
-            self.on_progress({"type": "period", **record})
-            same = all(torch.equal(a, b) for a, b in zip(previous, current))
-            # Unchanged periods only count once pruning has begun: from a small positive m
-            # the first periods legitimately move no gate.
-            started = any(not bool(m.all()) for m in current)
-            unchanged = unchanged + 1 if same and started else 0
-            previous = current
-            if cfg.early_stop_periods and unchanged >= int(cfg.early_stop_periods):  # type: ignore[arg-type]
-                early_stopped = True
-                break
-
-        final, best, period = self.gated.keep_masks(), self.best, self.period
+    def _selected_masks(self, run: "_RunState") -> tuple[list[torch.Tensor], dict[str, Any]]:
+        history, dense_val = run.history, run.dense_val
         if self.selection_mode == "best_val":
-            masks = best["masks"]
-            kept_dense = best["dense"]
+            best = self.best
             reason = (
                 "no period beat the dense model on val unbiased accuracy; the dense mask is kept"
-                if kept_dense
+                if best["dense"]
                 else f"the mask at epoch {best['epoch']} (tau period {best['period']}) had the best "
                 "val unbiased accuracy"
             )
+            masks = best["masks"]
             selection = {"mode": "best_val", "period": best["period"], "epoch": best["epoch"],
                          "val_unbiased_accuracy": best["score"], "dense_val_unbiased_accuracy": dense_val,
                          "reason": reason}
         else:
-            masks = final
-            selection = {"mode": "last", "period": period, "epoch": epoch,
+            masks = self.gated.keep_masks()
+            selection = {"mode": "last", "period": self.period, "epoch": run.epoch,
                          "val_unbiased_accuracy": history[-1]["val_unbiased_accuracy"] if history else None,
                          "dense_val_unbiased_accuracy": dense_val,
                          "reason": "final mask of the schedule (no val split with two or more groups)"
                          if self.val is None or not _has_two_groups(self.val) else "selection=last requested"}
-        selection["early_stopped"] = early_stopped
-        return LoopResult(
-            masks=[m.clone() for m in masks],
-            history=history,
-            selection=selection,
-            epochs_run=epoch,
-            seconds=time.perf_counter() - started,
-        )
+        selection["early_stopped"] = run.early_stopped
+        return masks, selection
+
+
+CHECKPOINT_VERSION = 2
+
+
+@dataclass
+class _RunState:
+    """Where the schedule is: what a checkpoint carries besides tensors and RNG states."""
+
+    tau: float
+    epoch: int
+    unchanged: int
+    previous: list[torch.Tensor]
+    history: list[dict[str, Any]]
+    dense_val: float | None
+    early_stopped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau, "epoch": self.epoch, "unchanged": self.unchanged, "previous": self.previous,
+                "history": self.history, "dense_val": self.dense_val, "early_stopped": self.early_stopped}

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
+from bise_core.checkpoint import Checkpointer
 from bise_core.config import BiseConfig
 from bise_core.data import open_dataset
 from bise_core.data.splits import Dataset
@@ -77,6 +78,7 @@ def prune(
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     data_roots: list[Path] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> PruneResult:
     """Run BISE and write report.json, mask.json, mask.pt, pruned.pt (and pruned_slim.pt)."""
     cfg = config or BiseConfig()
@@ -110,7 +112,7 @@ def prune(
         train_data, supervision = _with_pseudo_labels(gated, dataset, cfg)
 
     with timer.phase("prune", emit):
-        result = BiseLoop(cfg, gated, train_data, emit, should_stop).run()
+        result = BiseLoop(cfg, gated, train_data, emit, should_stop, checkpoint).run()
 
     with timer.phase("export", emit):
         masked_path = out / MASKED_NAME

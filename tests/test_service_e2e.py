@@ -165,7 +165,7 @@ def test_corrupt_model_and_missing_dataset_become_invalid_and_jobs_fail_fast(api
 def test_cancel_a_running_job_frees_the_worker(api, archive_factory):
     model = upload_model(api, archive_factory("cnn"))
     dataset = api.post("/v1/datasets", json={"name": "tiny", "uri": TINY_URI}).json()
-    long = {"tau_decay": 0.99, "tau_min": 0.001, "max_epochs": 1000}
+    long = {"tau_decay": 0.999, "tau_min": 0.001, "max_epochs": 5000, "early_stop_periods": 0}
     job = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"], "hyperparameters": long}).json()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -173,8 +173,10 @@ def test_cancel_a_running_job_frees_the_worker(api, archive_factory):
         if any(e["type"] == "progress" for e in events):
             break
         time.sleep(0.5)
+    running = api.get(f"/v1/jobs/{job['id']}").json()
+    assert running["status"] == "running", running
     res = api.post(f"/v1/jobs/{job['id']}/cancel")
-    assert res.status_code == 200 and res.json()["cancel_requested"]
+    assert res.status_code == 200 and res.json()["cancel_requested"], res.text
     done = wait_status(api, f"/v1/jobs/{job['id']}", {"cancelled", "failed", "succeeded"}, timeout=60)
     assert done["status"] == "cancelled"
     assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409

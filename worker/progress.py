@@ -33,7 +33,7 @@ class JobProgress:
         self.job_id = job_id
         self.interval = interval
         self.fraction = 0.0
-        self._last_write = 0.0
+        self._last_progress = 0.0
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -41,7 +41,8 @@ class JobProgress:
             total = max(int(event.get("total_steps") or 1), 1)
             lo, hi = PRUNE_SPAN
             self.fraction = lo + (hi - lo) * min(int(event.get("step", 0)) / total, 1.0)
-            if time.monotonic() - self._last_write >= self.interval:
+            if time.monotonic() - self._last_progress >= self.interval:
+                self._last_progress = time.monotonic()
                 data = {k: event[k] for k in STEP_KEYS if k in event}
                 self.write("progress", f"epoch {data.get('epoch')} step {data.get('step')}/{data.get('total_steps')}",
                            data, metrics=data)
@@ -57,7 +58,6 @@ class JobProgress:
 
     def write(self, kind: str, message: str, data: dict[str, Any], *, metrics: dict[str, Any] | None = None,
               level: str = "info") -> None:
-        self._last_write = time.monotonic()
         try:
             with session_scope() as session:
                 values: dict[str, Any] = {"progress": round(self.fraction, 4)}
