@@ -121,6 +121,7 @@ class JobObject(BaseModel):
     webhook_url: str | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    checkpoint_epoch: int | None = Field(None, description="last epoch saved for resume (a new worker resumes here)")
     artifacts: dict[str, Any] | None = Field(None, description="downloadable files with size and sha256")
     created_at: datetime
     started_at: datetime | None = None

@@ -25,5 +25,6 @@ def job_out(row: Job) -> dict[str, Any]:
             "status": row.status, "progress": float(row.progress or 0.0), "metrics": row.metrics, "error": row.error,
             "hyperparameters": row.hyperparameters or {}, "metadata": row.meta or {}, "webhook_url": row.webhook_url,
             "cancel_requested": bool(row.cancel_requested), "attempts": int(row.attempts or 0),
+            "checkpoint_epoch": row.checkpoint_epoch,
             "artifacts": artifacts or None, "created_at": row.created_at, "started_at": row.started_at,
             "finished_at": row.finished_at}

@@ -226,7 +226,7 @@ class BiseLoop:
 
     def _snapshot(self, run: "_RunState") -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly as this one would have."""
-        state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "fingerprint": self._fingerprint(),
+        state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "epoch": run.epoch, "fingerprint": self._fingerprint(),
                                  "run": run.as_dict(), "best": self.best, "period": self.period,
                                  **self._tensors_and_rng()}
         if str(self.device).startswith("cuda"):  # nothing in the loop draws from it; kept for completeness

@@ -34,12 +34,20 @@ def api(service_env, worker_proc, tmp_path_factory, auth):
 
 
 class _Hooks(BaseHTTPRequestHandler):
+    """Answers 503 to the first delivery of each message, 200 to the retry."""
+
     received: list[tuple[dict[str, str], bytes]] = []
+    refused: set[str] = set()
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["content-length"]))
-        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(200)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        if headers["webhook-id"] not in self.refused:
+            self.refused.add(headers["webhook-id"])
+            self.send_response(503)
+        else:
+            self.received.append((headers, body))
+            self.send_response(200)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
@@ -136,7 +144,7 @@ def test_upload_dataset_job_stream_download(api, archive_factory, tiny_data, tmp
     assert html.headers["content-type"].startswith("text/html") and "Verdict" in html.text
     assert job_id in api.get(f"/v1/jobs/{job_id}/report.html").text
 
-    # the signed webhook of the terminal state
+    # the signed webhook of the terminal state, delivered on the retry after a 503
     from service.webhooks import verify
 
     secret = api.get("/v1/project").json()["webhook_secret"]
@@ -147,6 +155,7 @@ def test_upload_dataset_job_stream_download(api, archive_factory, tiny_data, tmp
     verify(secret, headers, body)
     payload = json.loads(body)
     assert payload["type"] == "job.succeeded" and payload["data"]["id"] == job_id
+    assert headers["webhook-id"] in _Hooks.refused
 
 
 def test_corrupt_model_and_missing_dataset_become_invalid_and_jobs_fail_fast(api, service_env, tmp_path):
@@ -180,3 +189,45 @@ def test_cancel_a_running_job_frees_the_worker(api, archive_factory):
     done = wait_status(api, f"/v1/jobs/{job['id']}", {"cancelled", "failed", "succeeded"}, timeout=60)
     assert done["status"] == "cancelled"
     assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_a_killed_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(api, service_env, archive_factory,
+                                                                              tmp_path_factory):
+    """kill -9 of the worker process running a job: its lease expires, the reaper hands the
+    job to the other worker, which resumes from the last per-epoch checkpoint. (Last in the
+    module: the killed process may be the session's worker.)"""
+    import os
+    import signal
+
+    from tests.service_env import start_worker
+
+    spare = start_worker(service_env, tmp_path_factory.mktemp("logs") / "spare-worker.log")
+    try:
+        model = upload_model(api, archive_factory("cnn"))
+        dataset = api.post("/v1/datasets", json={"name": "tiny", "uri": TINY_URI}).json()
+        slow = {**HYPER, "tau_decay": 0.97, "early_stop_periods": 0, "selection": "last"}
+        job = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                         "hyperparameters": slow}).json()
+        deadline = time.monotonic() + 240
+        while (api.get(f"/v1/jobs/{job['id']}").json()["checkpoint_epoch"] or 0) < 2:
+            assert time.monotonic() < deadline, json.dumps([api.get(f"/v1/jobs/{job['id']}").json(), api.get(
+                f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"][-3:]])
+            time.sleep(0.2)
+        started = [e for e in api.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+                   if e["type"] == "job.started"]
+        pid = int(started[0]["data"]["worker"].split(":")[1])
+        os.kill(pid, signal.SIGKILL)
+
+        done = wait_status(api, f"/v1/jobs/{job['id']}", {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2
+        events = api.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        types = [e["type"] for e in events]
+        assert "job.requeued" in types and types.count("job.started") == 2 and types[-1] == "job.succeeded"
+        resumed = [e for e in events if e["type"] == "resumed"]
+        assert resumed and resumed[0]["data"]["epoch"] >= 2
+        second = [e for e in events if e["type"] == "job.started"][1]
+        assert second["data"]["worker"] != started[0]["data"]["worker"]
+        assert api.get(f"/v1/jobs/{job['id']}/report").json()["verdict"] in {"improved", "no_improvement"}
+    finally:
+        spare.stop()

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 PHASE_START = {"load": 0.0, "evaluate_vanilla": 0.03, "prune": 0.06, "export": 0.9, "evaluate_pruned": 0.93,
                "slim": 0.96}
 PRUNE_SPAN = (0.06, 0.9)
+CHECKPOINT_MESSAGES = {
+    "resumed": "resumed from the checkpoint of epoch {epoch}",
+    "checkpoint_unreadable": "the resume checkpoint could not be used ({reason}); starting over",
+    "checkpoint_failed": "could not save the checkpoint of epoch {epoch} ({reason}); the job goes on",
+}
 STEP_KEYS = ("epoch", "step", "total_steps", "tau", "loss", "ce", "mi", "units_kept", "units_total")
 
 
@@ -52,9 +57,9 @@ class JobProgress:
         elif kind == "period":
             self.write("period", f"tau period {event.get('period')}: {event.get('units_kept')}/"
                        f"{event.get('units_total')} units kept", {k: v for k, v in event.items() if k != "type"})
-        elif kind in ("resumed", "checkpoint_unreadable"):
-            self.write(kind, f"{kind} at epoch {event.get('epoch')}", {k: v for k, v in event.items() if k != "type"},
-                       level="warning" if kind != "resumed" else "info")
+        elif kind in CHECKPOINT_MESSAGES:
+            self.write(kind, CHECKPOINT_MESSAGES[kind].format(**{"reason": "", **event}),
+                       {k: v for k, v in event.items() if k != "type"}, level="info" if kind == "resumed" else "warning")
 
     def write(self, kind: str, message: str, data: dict[str, Any], *, metrics: dict[str, Any] | None = None,
               level: str = "info") -> None:

@@ -155,6 +155,7 @@ class JobRun:
         mask = json.loads(result.files["mask_json"].read_text())
         self._finish("succeeded", report=result.report, mask=mask, artifacts=artifacts,
                      metrics=_summary(result.report), message=f"job succeeded: {result.report.get('verdict')}")
+        get_storage().delete(checkpoint.key)  # only a resume needs it
 
 
 def mark_attempts_exhausted(job_id: str, attempts: int) -> None:
