@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--json-progress", action="store_true", help="one JSON line per step on stdout")
     prune.add_argument("--data-root", action="append", type=Path, default=None,
                        help="only read datasets under this folder (repeatable)")
+    prune.add_argument("--bias-columns", default=None, help="comma-separated manifest bias columns")
     _add_config_flags(prune)
 
     train = sub.add_parser("train-vanilla", help="train a plain model on a dataset (for trials and demos)")
@@ -121,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT_ERROR
 
 
+def _columns(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from bise_core.pipeline import prune
     from bise_core.progress import JsonLinesProgress, ProgressBar, print_summary
@@ -128,7 +133,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     progress = JsonLinesProgress(sys.stdout) if args.json_progress else ProgressBar()
     try:
-        result = prune(args.model, args.data, args.out, config, on_progress=progress, data_roots=args.data_root)
+        result = prune(args.model, args.data, args.out, config, on_progress=progress, data_roots=args.data_root,
+                       bias_columns=_columns(args.bias_columns))
     finally:
         progress.close()
     if args.json_progress:
@@ -186,8 +192,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         if args.command == "inspect":
             summary = inspect_model(args.model, args.input_shape)
         else:
-            columns = [c.strip() for c in args.bias_columns.split(",")] if args.bias_columns else None
-            summary = dataset_info(args.uri, args.data_root, columns)
+            summary = dataset_info(args.uri, args.data_root, _columns(args.bias_columns))
     except Exception as exc:  # a hostile or broken file can make torch fail in any way
         if _out_of_memory(exc):
             # No JSON answer: the sandbox recognises this line and reports its memory limit.

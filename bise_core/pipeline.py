@@ -79,6 +79,7 @@ def prune(
     should_stop: StopCheck | None = None,
     data_roots: list[Path] | None = None,
     checkpoint: Checkpointer | None = None,
+    bias_columns: list[str] | None = None,
 ) -> PruneResult:
     """Run BISE and write report.json, mask.json, mask.pt, pruned.pt (and pruned_slim.pt)."""
     cfg = config or BiseConfig()
@@ -91,7 +92,8 @@ def prune(
         raise BiseInputError("CUDA was requested but no GPU is available", param="device")
 
     with timer.phase("load", emit):
-        dataset = data if isinstance(data, Dataset) else open_dataset(data, data_roots=data_roots)
+        dataset = data if isinstance(data, Dataset) else open_dataset(
+            data, data_roots=data_roots, bias_columns=bias_columns)
         example = dataset.splits["train"].x[:2]
         loaded: LoadedModel = load_model(model_path, example)
         prepared = prepare(loaded, example, classifier=cfg.classifier, include=cfg.include_layers,

@@ -19,7 +19,7 @@ DEFAULT_HOME = Path(".bise")
 
 
 class Settings(BaseSettings):
-    """Every knob of the API and the workers. Unknown ``BISE_*`` variables are an error."""
+    """Every knob of the API and the workers (field ``x`` is read from ``BISE_X``)."""
 
     model_config = SettingsConfigDict(env_prefix="BISE_", extra="ignore", validate_default=True)
 

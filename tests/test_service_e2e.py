@@ -138,6 +138,7 @@ def test_upload_dataset_job_stream_download(api, archive_factory, tiny_data, tmp
     assert api.get(f"/v1/jobs/{job_id}/checkpoint", headers={"If-None-Match": res.headers["etag"]}).status_code == 304
     assert api.get(f"/v1/jobs/{job_id}/checkpoint", headers={"Range": "bytes=999999999-"}).status_code == 416
 
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 409  # finished jobs cannot be cancelled
     mask = api.get(f"/v1/jobs/{job_id}/mask").json()
     assert mask["units_kept"] == report["sparsity"]["units_kept"]
     html = api.get(f"/v1/jobs/{job_id}/report", headers={"Accept": "text/html"})

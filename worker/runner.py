@@ -146,7 +146,8 @@ class JobRun:
                                         job.checkpoint_key)
         data_uri, roots = localise(dataset.uri, self.settings)
         result = prune(model_path, data_uri, self.dir / "out", config, on_progress=JobProgress(self.job_id),
-                       should_stop=beat.should_stop, data_roots=roots, checkpoint=checkpoint)
+                       should_stop=beat.should_stop, data_roots=roots, checkpoint=checkpoint,
+                       bias_columns=dataset.bias_columns)
         if beat.should_stop():
             raise Cancelled()
         artifacts = _upload(self.job_id, result.files, model.format or result.report.get("model", {}).get("format", ""))
