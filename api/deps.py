@@ -85,7 +85,8 @@ class Page:
 
 def get_page(
     limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 20,
-    after: Annotated[str | None, Query(max_length=64, description="last_id of the previous page")] = None,
+    after: Annotated[str | None, Query(pattern=r"^[a-z]{3}_[0-9A-Z]{26}$",
+                                       description="last_id of the previous page")] = None,
 ) -> Page:
     return Page(limit=limit, after=after)
 

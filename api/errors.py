@@ -9,7 +9,7 @@ and repeats the first one as ``code``/``param`` for clients that read just one e
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -80,10 +80,33 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, 422, detail, "invalid_request", errors)
 
 
+def _leaf_routes(routes: Sequence[Any]) -> Iterator[Any]:
+    """Every endpoint route, looking inside included routers (FastAPI nests them)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+        if inner is not None and hasattr(inner, "routes") and not hasattr(route, "path_regex"):
+            yield from _leaf_routes(inner.routes)
+        elif hasattr(route, "path_regex"):
+            yield route
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (Starlette names only the first route's)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.routes):
+        if route.path_regex.match(path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    return problem(request, exc.status_code, str(exc.detail), code, [], dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return problem(request, exc.status_code, str(exc.detail), code, [], headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

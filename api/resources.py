@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import Caller, Page
 from api.errors import ApiError, field_error, not_found
+from service.ids import looks_like
 from service.models import QUEUED, RUNNING, Job, utcnow
 
 Row = TypeVar("Row")
@@ -27,6 +28,9 @@ def metadata_filters(request: Request) -> dict[str, str]:
     for key, value in request.query_params.multi_items():
         match = _META_PARAM.match(key)
         if match:
+            if "\x00" in key or "\x00" in value:
+                raise ApiError(422, "metadata filters must not contain NUL characters", code="invalid_request",
+                               errors=[field_error(key, "contains NUL", location="query")])
             found[match.group(1)] = value
         elif key.startswith("metadata"):
             raise ApiError(422, f"bad metadata filter {key!r}: use metadata[KEY]=VALUE", code="invalid_request",
@@ -56,7 +60,7 @@ def list_body(items: list[Any], has_more: bool) -> dict[str, Any]:
 
 def owned(session: Session, caller: Caller, cls: Any, kind: str, object_id: str, param: str | None = None) -> Any:
     """The caller's object, or 404 whether it does not exist, is deleted or is another project's."""
-    row = session.get(cls, object_id)
+    row = session.get(cls, object_id) if looks_like(kind, object_id) else None
     if row is None or row.project_id != caller.project_id or getattr(row, "deleted_at", None) is not None:
         raise not_found(kind, object_id, param)
     return row

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from bise_core.config import BiseConfig
 
@@ -15,8 +15,24 @@ Metadata = dict[str, str]
 METADATA_DOC = "up to 16 string pairs (keys <= 64 chars, values <= 512 chars); filter lists with metadata[key]=value"
 
 
+ID_PATTERN = r"^[a-z]{3}_[0-9A-Z]{26}$"
+
+
+def no_nul(value: str) -> str:
+    """PostgreSQL text and JSONB cannot hold NUL characters; say so instead of failing later."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_nul)]
+
+
 def check_metadata(value: dict[str, str] | None) -> dict[str, str]:
     value = value or {}
+    for key, item in value.items():
+        no_nul(key)
+        no_nul(item)
     if len(value) > 16:
         raise ValueError("at most 16 metadata keys")
     for key, item in value.items():
@@ -76,11 +92,11 @@ class ModelObject(_ValidatedObject):
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=200)
+    name: Text = Field(..., min_length=1, max_length=200)
     uri: str = Field(..., min_length=1, max_length=2048,
                      description="file:///path (inside BISE_DATA_ROOTS), s3://bucket/prefix or builtin:NAME?k=v")
     format: Literal["bundle", "manifest"] | None = Field(None, description="auto-detected when unset")
-    bias_columns: list[str] | None = Field(None, min_length=1, max_length=16,
+    bias_columns: list[Annotated[Text, Field(min_length=1, max_length=200)]] | None = Field(None, min_length=1, max_length=16,
                                            description="manifest columns holding bias labels")
     metadata: Metadata = Field(default_factory=dict, description=METADATA_DOC)
 

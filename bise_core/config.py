@@ -7,9 +7,10 @@ pydantic's errors into a 422 naming the field).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Preset = Literal["fast", "paper"]
 
@@ -111,14 +112,28 @@ class BiseConfig(BaseModel):
     )
     bias_supervision: Literal["labels", "none"] = "labels"
     pseudo_label_rule: Literal["vanilla_correct", "vanilla_prediction"] = "vanilla_correct"
-    classifier: str | None = Field(None, description="name of the final linear layer (auto if unset)")
-    include_layers: str | None = Field(None, description="regex: only prune layers whose name matches")
-    exclude_layers: str | None = Field(None, description="regex: never prune layers whose name matches")
+    classifier: str | None = Field(None, max_length=300, pattern=r"^[A-Za-z0-9_.\-]+$",
+                                   description="name of the final linear layer (auto if unset)")
+    include_layers: str | None = Field(None, max_length=300, description="regex: only prune layers whose name matches")
+    exclude_layers: str | None = Field(None, max_length=300, description="regex: never prune layers whose name matches")
     finetune_epochs: int = Field(0, ge=0, le=1000, description="optional fine-tune of kept weights after extraction")
     finetune_lr: float = Field(1e-3, gt=0.0, le=10.0)
     eval_batch_size: int = Field(512, ge=1, le=65536)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]{1,2})?|mps)$",
+                        description="torch device (the service picks the worker's own)")
+
+    @field_validator("include_layers", "exclude_layers")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            if "\x00" in value:
+                raise ValueError("must not contain NUL characters")
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _fill_from_preset(self) -> "BiseConfig":

@@ -285,3 +285,23 @@ def test_rate_limit_answers_429_with_retry_after(client, service_env, monkeypatc
     assert codes[:3] == [200, 200, 200] and 429 in codes
     assert_problem(res, 429)
     assert 1 <= int(res.headers["retry-after"]) <= 61
+
+
+def test_hostile_strings_are_4xx_not_5xx(client, auth, model_id, dataset_id):
+    assert_problem(client.post("/v1/datasets", headers=auth, json={"name": "a\x00b", "uri": TINY_URI}), 422, "name")
+    assert_problem(new_job(client, auth, model_id, dataset_id, metadata={"k": "v\x00"}), 422, "metadata")
+    assert_problem(new_job(client, auth, model_id, dataset_id, hyperparameters={"include_layers": "(["}),
+                   422, "hyperparameters.include_layers")
+    assert_problem(new_job(client, auth, model_id, dataset_id, hyperparameters={"device": "tpu"}),
+                   422, "hyperparameters.device")
+    assert_problem(client.get("/v1/jobs", headers=auth, params={"after": "x\x00"}), 422, "after")
+    assert_problem(client.get("/v1/jobs", headers=auth, params={"metadata[a]": "\x00"}), 422)
+    assert_problem(client.get("/v1/models/mdl_%00", headers=auth), 404)
+    too_long = client.post("/v1/models", headers=auth, files={"file": ("m.pt", io.BytesIO(b"x"))}, data={"name": "x" * 300})
+    assert_problem(too_long, 422, "name")
+
+
+def test_405_lists_every_method_of_the_path(client, auth):
+    res = client.request("OPTIONS", "/v1/jobs", headers=auth)
+    assert_problem(res, 405)
+    assert set(res.headers["allow"].split(", ")) >= {"GET", "POST"}

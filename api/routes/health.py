@@ -15,14 +15,15 @@ from service.db import get_engine
 from service.redis_client import get_redis
 
 router = APIRouter(tags=["health"])
+PUBLIC = {"security": []}  # no API key: for load balancers and scrapers
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", summary="The process is up", openapi_extra=PUBLIC)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Database and Redis reachable",
+@router.get("/readyz", summary="Database and Redis reachable", openapi_extra=PUBLIC,
             responses={503: {"description": "a dependency is down", "content": {"application/json": {}}}})
 def readyz() -> Response:
     checks: dict[str, Any] = {}
@@ -41,7 +42,7 @@ def readyz() -> Response:
     return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, openapi_extra=PUBLIC,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

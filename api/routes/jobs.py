@@ -16,7 +16,7 @@ from api.errors import PROBLEM_RESPONSES, ApiError, field_error
 from api.resources import list_owned, owned
 from api.routes.datasets import owned_dataset
 from api.routes.models import owned_model
-from api.schemas import JobCreate, JobObject, ListOf
+from api.schemas import ID_PATTERN, JobCreate, JobObject, ListOf
 from api.serialize import job_out
 from service import queue
 from service.events import record_event
@@ -104,8 +104,8 @@ def create_job(body: JobCreate, caller: CallerDep, session: SessionDep, response
 @router.get("", response_model=ListOf[JobObject], summary="List jobs, newest first")
 def list_jobs(request: Request, caller: CallerDep, session: SessionDep, page: PageDep,
               status: Annotated[str | None, Query(pattern=STATUS_PATTERN)] = None,
-              model_id: Annotated[str | None, Query(max_length=64)] = None,
-              dataset_id: Annotated[str | None, Query(max_length=64)] = None) -> Any:
+              model_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+              dataset_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None) -> Any:
     stmt = select(Job)
     if model_id:
         stmt = stmt.where(Job.model_id == model_id)

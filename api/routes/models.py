@@ -59,6 +59,13 @@ def _parse_metadata(raw: str | None) -> dict[str, str]:
         raise ApiError(422, str(exc), code="invalid_request", errors=[field_error("metadata", str(exc))]) from None
 
 
+def _name(given: str | None, filename: str | None) -> str:
+    if given is not None and (len(given) > 200 or "\x00" in given):
+        raise ApiError(422, "name must be at most 200 characters, without NUL", code="invalid_request",
+                       errors=[field_error("name", "at most 200 characters, without NUL")])
+    return given or (filename or "model").replace("\x00", "")[:200] or "model"
+
+
 @router.post("", status_code=201, response_model=ModelObject, openapi_extra=UPLOAD_BODY,
              responses={413: PROBLEM_RESPONSES[413], 415: {"description": "not multipart/form-data"}},
              summary="Upload a model (multipart, streamed)")
@@ -67,7 +74,7 @@ async def upload_model(request: Request, caller: CallerDep, session: SessionDep)
     upload = await receive_upload(request, settings.work_dir / "uploads", settings.max_upload_bytes)
     try:
         meta = _parse_metadata(upload.fields.get("metadata"))
-        name = (upload.fields.get("name") or upload.filename or "model")[:200]
+        name = _name(upload.fields.get("name"), upload.filename)
         model_id = new_id("model")
         filename = safe_filename(upload.filename)
         key = f"models/{model_id}/{filename}"
