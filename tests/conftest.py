@@ -108,3 +108,14 @@ def worker_proc(service_env, tmp_path_factory: pytest.TempPathFactory):
     proc = start_worker(service_env, tmp_path_factory.mktemp("logs") / "worker.log")
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def live_api(service_env, worker_proc, tmp_path_factory: pytest.TempPathFactory):
+    """A ``python -m api`` process (and the session's worker): its base URL."""
+    from tests.service_env import start_api
+
+    proc, url = start_api(service_env, tmp_path_factory.mktemp("logs") / "api.log")
+    yield url
+    proc.stop()
+    assert "bise_sk_" not in proc.output().replace("bise_sk_[redacted]", ""), "an API key reached the log"

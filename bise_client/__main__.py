@@ -1,0 +1,3 @@
+from bise_client.cli import main
+
+raise SystemExit(main())
