@@ -301,8 +301,13 @@ def test_dockerfile_copy_sources_exist() -> None:
         for src in sources:
             assert (ROOT / src).exists(), f"COPY source {src} is not in the repository"
             copied.add(src.rstrip("/"))
-    # everything `pip install .` needs to build the package
-    for needed in ("pyproject.toml", "README.md", "bise_core", "service", "api", "worker", "migrations"):
+    # everything `pip install .` needs to build the package: every package pyproject names
+    import tomllib
+
+    includes = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [name.rstrip("*") for name in includes]
+    assert "bise_client" in packages
+    for needed in ("pyproject.toml", "README.md", *packages):
         assert needed in copied, f"Dockerfile.gpu does not copy {needed}"
 
 
