@@ -203,15 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
+    def listing(actions: Any) -> None:
+        p = common(actions.add_parser("list", help="newest first"))
+        p.add_argument("--status")
+        p.add_argument("--limit", type=int, default=50)
+
+    def labelled(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+        p.add_argument("--wait", action="store_true", help="wait until it is validated")
+
     models = sub.add_parser("models", help="upload and inspect models").add_subparsers(dest="action", required=True)
     p = common(models.add_parser("upload", help="upload a TorchScript or torch.export archive"))
     p.add_argument("path", type=Path)
     p.add_argument("--name")
-    p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
-    p.add_argument("--wait", action="store_true", help="wait until it is validated")
-    p = common(models.add_parser("list"))
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=50)
+    labelled(p)
+    listing(models)
     for action in ("get", "delete"):
         common(models.add_parser(action)).add_argument("id")
 
@@ -220,11 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--uri", required=True)
     p.add_argument("--bias-columns")
-    p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
-    p.add_argument("--wait", action="store_true", help="wait until it is validated")
-    p = common(datasets.add_parser("list"))
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=50)
+    labelled(p)
+    listing(datasets)
     common(datasets.add_parser("get")).add_argument("id")
 
     jobs = sub.add_parser("jobs", help="create, follow and gate BISE jobs").add_subparsers(dest="action", required=True)
@@ -239,9 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="stream progress until the job ends")
     p.add_argument("--require", action="append", metavar="EXPR",
                    help="gate, e.g. 'pruned.test.unbiased_accuracy>=0.8' (repeatable; needs --wait)")
-    p = common(jobs.add_parser("list"))
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=50)
+    listing(jobs)
     for action in ("get", "cancel", "events", "report"):
         common(jobs.add_parser(action)).add_argument("id")
     p = common(jobs.add_parser("download", help="download the pruned checkpoint (resumes dropped transfers)"))
