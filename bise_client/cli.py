@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from bise_client import gate
 from bise_client.sdk import TERMINAL, BiseClient, BiseError
 
-REMOTE = ("models", "datasets", "jobs")
+REMOTE = ("login", "models", "datasets", "jobs")
 EXIT_GATE, EXIT_ERROR, EXIT_JOB = 1, 2, 3
 METRICS = ("accuracy", "unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy", "worst_group_accuracy",
            "bias_leakage")
@@ -74,6 +74,23 @@ def compare_table(report: dict[str, Any]) -> str:
 
 
 # -- commands ---------------------------------------------------------------------------
+def _login(client: BiseClient, args: argparse.Namespace) -> int:
+    """Check the key against the server, then save URL and key for later commands."""
+    from bise_client.sdk import save_config
+
+    if not client.api_key:
+        import getpass
+
+        client.api_key = getpass.getpass("API key: ").strip()
+    project = client.request("GET", "/v1/project")
+    path = save_config(client.base_url, client.api_key)
+    if args.json:
+        print(json.dumps({"project": project["name"], "project_id": project["id"], "config": str(path)}))
+    else:
+        print(f"logged in to {client.base_url} as project {project['name']}; saved to {path}")
+    return 0
+
+
 def _models(client: BiseClient, args: argparse.Namespace) -> int:
     if args.action == "upload":
         obj = client.models.upload(args.path, name=args.name, metadata=_pairs(args.metadata, "--metadata"))
@@ -212,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
         p.add_argument("--wait", action="store_true", help="wait until it is validated")
 
+    login = sub.add_parser("login", help="check and save the API URL and key (~/.config/bise/config.json)")
+    login.add_argument("--json", action="store_true")
+
     models = sub.add_parser("models", help="upload and inspect models").add_subparsers(dest="action", required=True)
     p = common(models.add_parser("upload", help="upload a TorchScript or torch.export archive"))
     p.add_argument("path", type=Path)
@@ -252,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The first word that is not a global option (or an option's value)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--api-url", "--api-key"):
+            next(words, None)
+        elif not word.startswith("--api-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -259,17 +290,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nlocal commands (no server): prune, train-vanilla, units, inspect, dataset-info "
               "(e.g. bise prune --help)")
         return 0
-    if not any(a in REMOTE for a in argv[:3]):
+    if _command(argv) not in REMOTE:
         from bise_core.cli import main as local_main  # prune, train-vanilla, units, inspect, dataset-info
 
         return local_main(argv)
     args = build_parser().parse_args(argv)
-    if args.action == "create" and args.resource == "jobs" and args.require and not args.wait:
+    if args.resource == "jobs" and args.action == "create" and args.require and not args.wait:
         print("bise: error: --require needs --wait", file=sys.stderr)
         return EXIT_ERROR
     try:
         with BiseClient(args.api_url, args.api_key) as client:
-            return {"models": _models, "datasets": _datasets, "jobs": _jobs}[args.resource](client, args)
+            return {"login": _login, "models": _models, "datasets": _datasets, "jobs": _jobs}[args.resource](client, args)
     except BiseError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": {"status": exc.status, **exc.problem}}, indent=2))

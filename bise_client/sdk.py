@@ -21,6 +21,35 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def config_path() -> Path:
+    """Where ``bise login`` keeps the URL and key (``$BISE_CONFIG`` overrides)."""
+    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "bise" / "config.json"
+    return Path(os.environ.get("BISE_CONFIG") or default)
+
+
+def saved_config() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(config_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_config(api_url: str, api_key: str) -> Path:
+    """Write the login file readable by its owner only (it holds a secret)."""
+    import json
+
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"api_url": api_url, "api_key": api_key}, handle)
+    os.chmod(path, 0o600)
+    return path
+
+
 class BiseError(Exception):
     """An error answer of the API (or no answer at all: status 0)."""
 
@@ -181,8 +210,9 @@ class Jobs(_Resource):
 class BiseClient:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.base_url = (base_url or os.environ.get("BISE_API_URL") or DEFAULT_URL).rstrip("/")
-        self.api_key = api_key or os.environ.get("BISE_API_KEY")
+        saved = saved_config()  # arguments, then the environment, then `bise login`
+        self.base_url = (base_url or os.environ.get("BISE_API_URL") or saved.get("api_url") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key or os.environ.get("BISE_API_KEY") or saved.get("api_key")
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self.models, self.datasets, self.jobs = Models(self), Datasets(self), Jobs(self)
 
@@ -197,7 +227,8 @@ class BiseClient:
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         if not self.api_key:
-            raise BiseError(0, {"code": "no_api_key", "detail": "no API key: set BISE_API_KEY or pass api_key"})
+            raise BiseError(0, {"code": "no_api_key", "detail": "no API key: run `bise login`, set BISE_API_KEY "
+                                                                "or pass api_key"})
         return {"Authorization": f"Bearer {self.api_key}", "User-Agent": "bise-client/1", **(extra or {})}
 
     @staticmethod

@@ -118,3 +118,20 @@ def test_gate_expressions():
     assert outcomes[0].requirement.path == "pruned.val.unbiased_accuracy" and outcomes[2].value is None
     with pytest.raises(ValueError):
         gate.parse("accuracy >= high")
+
+
+def test_login_checks_the_key_and_saves_it_privately(live_api, auth, tmp_path):
+    key = auth["Authorization"].split()[1]
+    env = {"BISE_CONFIG": str(tmp_path / "cfg.json"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "bise_client", "--api-url", live_api, "--api-key", key, "login",
+                          "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["project"] == "alpha"
+    assert (tmp_path / "cfg.json").stat().st_mode & 0o077 == 0
+    listed = subprocess.run([sys.executable, "-m", "bise_client", "models", "list", "--json"], capture_output=True,
+                            text=True, timeout=60, env=env)  # no URL, no key: both from the login file
+    assert listed.returncode == 0 and isinstance(json.loads(listed.stdout), list)
+    wrong = subprocess.run([sys.executable, "-m", "bise_client", "--api-url", live_api, "--api-key", "bise_sk_no",
+                            "login"], capture_output=True, text=True, timeout=60,
+                           env={**env, "BISE_CONFIG": str(tmp_path / "other.json")})
+    assert wrong.returncode == 2 and not (tmp_path / "other.json").exists()
