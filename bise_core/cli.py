@@ -146,12 +146,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from bise_core import zoo
     from bise_core.data import open_dataset
     from bise_core.vanilla import save_archive, train_vanilla
 
     data = open_dataset(args.data)
     train = data.splits["train"]
+    torch.manual_seed(args.seed)  # the initial weights too: same seed, same vanilla model
     try:
         model = zoo.build(args.arch, data.input_shape, data.num_classes)
     except ValueError as exc:

@@ -29,12 +29,13 @@ from service.settings import get_settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"], responses=PROBLEM_RESPONSES)
 KEEPALIVE_SECONDS = 15.0
+MAX_EVENT_ID = 2**31 - 1  # event ids are a PostgreSQL integer
 BATCH = 500
 
 
 @router.get("/{job_id}/events", response_model=EventList, summary="Persisted events of a job, oldest first")
 def list_events(job_id: str, caller: CallerDep, session: SessionDep,
-                after: Annotated[int, Query(ge=0, description="return events with id > after")] = 0,
+                after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="return events with id > after")] = 0,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
     owned_job(session, caller, job_id)
     rows = events_after(session, job_id, after, limit + 1)
@@ -90,16 +91,17 @@ async def _stream(request: Request, job_id: str, last: int) -> AsyncIterator[byt
 
 @router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events); resume with Last-Event-ID",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "one SSE message per event; id = event id"}})
+            responses={200: {"content": {"text/event-stream": {
+                "schema": {"$ref": "#/components/schemas/EventObject"}}},
+                "description": "one SSE message per event: id = event id, data = the event as JSON"}})
 def stream_events(request: Request, job_id: str, caller: CallerDep, session: SessionDep,
                   last_event_id: Annotated[str | None, Header(max_length=20)] = None,
-                  after: Annotated[int | None, Query(ge=0, description="same as Last-Event-ID")] = None
+                  after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID, description="same as Last-Event-ID")] = None
                   ) -> StreamingResponse:
     owned_job(session, caller, job_id)
     start = after or 0
     if last_event_id:
-        if not last_event_id.strip().isdigit():
+        if not last_event_id.strip().isdigit() or int(last_event_id) > MAX_EVENT_ID:
             raise ApiError(422, "Last-Event-ID must be an event id (an integer)", code="invalid_request",
                            errors=[field_error("Last-Event-ID", "not an integer", location="header")])
         start = max(start, int(last_event_id))
