@@ -29,6 +29,7 @@ from bise_core.models import LoadedModel, load_model, save_graph_module, save_ma
 from bise_core.objective import majority_bias
 from bise_core.pseudo_labels import pseudo_bias, with_bias
 from bise_core.report import build_report, mask_document
+from bise_core.report_html import render_report_html
 from bise_core.units import UnitGraph, find_units
 
 MASKED_NAME = "pruned.pt"
@@ -142,7 +143,8 @@ def prune(
         supervision=supervision, slim_info=slim_info, timings=timer.seconds, model_format=loaded.format,
     )
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    files["report"] = out / "report.json"
+    (out / "report.html").write_text(render_report_html(report, title=f"BISE report: {Path(model_path).name}"))
+    files.update(report=out / "report.json", report_html=out / "report.html")
     emit({"type": "done", "verdict": report["verdict"]})
     return PruneResult(report=report, files=files)
 

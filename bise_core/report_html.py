@@ -1,13 +1,16 @@
 """The report as a self-contained HTML page (no external assets).
 
-Tables only for now: vanilla vs pruned per split, per-layer units kept, the verdict and
-the selection evidence. Everything is escaped: names in a report come from user models.
+Vanilla vs pruned per split, the verdict and selection evidence, and three plots rendered
+to inline SVG (learning curves, units kept per layer, accuracy per (label, bias) group).
+Everything from the report is escaped: layer names come from user models.
 """
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
+
+from bise_core import report_plots as plots
 
 METRICS = [("accuracy", "accuracy"), ("unbiased_accuracy", "unbiased"), ("aligned_accuracy", "bias-aligned"),
            ("conflicting_accuracy", "bias-conflicting"), ("worst_group_accuracy", "worst group"),
@@ -53,6 +56,11 @@ def render_report_html(report: dict[str, Any], title: str = "BISE report") -> st
     sparsity = report.get("sparsity", {})
     selection = report.get("selection", {})
     params, flops = report.get("params", {}), report.get("flops", {})
+    split = next((s for s in ("test", "val", "train") if s in report.get("pruned", {})), None)
+    curves = plots.learning_curves(report.get("history") or [])
+    layers = plots.layer_sparsity(sparsity.get("layers") or [])
+    heatmap = plots.group_heatmap(report["vanilla"][split]["groups"], report["pruned"][split]["groups"], split) \
+        if split and split in report.get("vanilla", {}) else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{escape(title)}</h1>
@@ -64,5 +72,7 @@ def render_report_html(report: dict[str, Any], title: str = "BISE report") -> st
 <h2>Size</h2><table><tr><th></th><th>dense</th><th>slim</th></tr>
 <tr><td>parameters</td><td>{params.get('dense', '-')}</td><td>{params.get('slim', '-')}</td></tr>
 <tr><td>FLOPs</td><td>{flops.get('dense', '-')}</td><td>{flops.get('slim', '-')}</td></tr></table>
-<h2>Units kept per layer</h2>{_layers_table(report)}
+<h2>Learning curves</h2><figure id="learning-curves">{curves}</figure>
+<h2>Accuracy per group</h2><figure id="group-accuracy">{heatmap}</figure>
+<h2>Units kept per layer</h2><figure id="layer-sparsity">{layers}</figure>{_layers_table(report)}
 </body></html>"""

@@ -1,0 +1,32 @@
+"""The report page written by ``bise prune`` (and served at /v1/jobs/{id}/report.html):
+self-contained, with the numbers and the three plots."""
+
+from __future__ import annotations
+
+import re
+
+from tests.test_cli import prune_quick
+
+
+def test_report_page_has_numbers_and_plots_and_no_external_assets(archive_factory, tmp_path):
+    report = prune_quick(archive_factory("cnn"), tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    for figure in ("learning-curves", "group-accuracy", "layer-sparsity"):
+        body = html.split(f'<figure id="{figure}">', 1)[1].split("</figure>", 1)[0]
+        assert body.lstrip().startswith("<svg") and "<path" in body, figure
+    test = report["pruned"]["test"]
+    assert f"{100 * test['unbiased_accuracy']:.1f}%" in html
+    assert f"{100 * report['vanilla']['test']['unbiased_accuracy']:.1f}%" in html
+    assert report["verdict"] in html
+    for layer in report["sparsity"]["layers"]:
+        assert layer["name"] in html
+    # nothing is fetched from elsewhere: no scripts, stylesheets or images by URL
+    assert not re.search(r"<(script|link|img)\b", html)
+    assert not re.search(r"(src|href)=[\"']https?://", html)
+
+
+def test_layer_names_are_escaped():
+    from bise_core.report_html import render_report_html
+
+    html = render_report_html({"sparsity": {"layers": [{"name": "<script>x</script>", "kept": 1, "total": 2}]}})
+    assert "<script>x" not in html and "&lt;script&gt;" in html
