@@ -30,3 +30,35 @@ def test_layer_names_are_escaped():
 
     html = render_report_html({"sparsity": {"layers": [{"name": "<script>x</script>", "kept": 1, "total": 2}]}})
     assert "<script>x" not in html and "&lt;script&gt;" in html
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def test_report_page_renders_in_headless_chromium(archive_factory, tmp_path):
+    """The page as a browser shows it: the DOM keeps the plots and numbers, and the
+    screenshot is a real picture (not a blank or error page)."""
+    import shutil
+    import subprocess
+
+    from PIL import Image, ImageStat
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed: scripts/test.sh installs it (scripts/browser.sh)"
+    report = prune_quick(archive_factory("cnn"), tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").as_uri()
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<svg") >= 3 and "Vanilla vs pruned" in dom
+    assert f"{100 * report['pruned']['test']['unbiased_accuracy']:.1f}%" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,2400", page], capture_output=True,
+                   timeout=120)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 2400)
+    # a rendered page of tables and plots has real contrast; a blank page has none
+    assert ImageStat.Stat(image).stddev[0] > 20
+    dark = sum(image.histogram()[:100])
+    assert dark > 0.01 * image.size[0] * image.size[1]
