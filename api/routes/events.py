@@ -30,6 +30,18 @@ from service.settings import get_settings
 router = APIRouter(prefix="/v1/jobs", tags=["events"], responses=PROBLEM_RESPONSES)
 KEEPALIVE_SECONDS = 15.0
 MAX_EVENT_ID = 2**31 - 1  # event ids are a PostgreSQL integer
+# One SSE message (the envelope), its data being an EventObject serialised as JSON.
+SSE_MESSAGE = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "retry": {"type": "integer"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/EventObject"}},
+    },
+}
 BATCH = 500
 
 
@@ -91,9 +103,8 @@ async def _stream(request: Request, job_id: str, last: int) -> AsyncIterator[byt
 
 @router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events); resume with Last-Event-ID",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {
-                "schema": {"$ref": "#/components/schemas/EventObject"}}},
-                "description": "one SSE message per event: id = event id, data = the event as JSON"}})
+            responses={200: {"content": {"text/event-stream": {"schema": SSE_MESSAGE}},
+                             "description": "one SSE message per event: id = event id, data = the event as JSON"}})
 def stream_events(request: Request, job_id: str, caller: CallerDep, session: SessionDep,
                   last_event_id: Annotated[str | None, Header(max_length=20)] = None,
                   after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID, description="same as Last-Event-ID")] = None
