@@ -58,9 +58,10 @@ def list_body(items: list[Any], has_more: bool) -> dict[str, Any]:
             "last_id": items[-1]["id"] if items and isinstance(items[-1], dict) else (items[-1].id if items else None)}
 
 
-def owned(session: Session, caller: Caller, cls: Any, kind: str, object_id: str, param: str | None = None) -> Any:
+def owned(session: Session, caller: Caller, cls: Any, kind: str, object_id: str, param: str | None = None,
+          options: Sequence[Any] = ()) -> Any:
     """The caller's object, or 404 whether it does not exist, is deleted or is another project's."""
-    row = session.get(cls, object_id) if looks_like(kind, object_id) else None
+    row = session.get(cls, object_id, options=list(options)) if looks_like(kind, object_id) else None
     if row is None or row.project_id != caller.project_id or getattr(row, "deleted_at", None) is not None:
         raise not_found(kind, object_id, param)
     return row

@@ -135,8 +135,8 @@ def _follow(client: BiseClient, job_id: str, quiet: bool) -> None:
     try:
         for event in client.jobs.stream(job_id, on_reconnect=reconnect):
             data = event.get("data") or {}
-            if event["type"] == "progress" and data.get("total_steps"):
-                bar.n = int(1000 * (0.06 + 0.84 * data["step"] / data["total_steps"]))
+            if event["type"] == "progress" and data.get("progress") is not None:
+                bar.n = int(1000 * data["progress"])
                 bar.set_postfix_str(f"epoch {data.get('epoch')} tau {data.get('tau', 0):.3g} "
                                     f"kept {data.get('units_kept')}/{data.get('units_total')}")
             elif event["type"] == "phase":

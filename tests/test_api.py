@@ -297,6 +297,7 @@ def test_hostile_strings_are_4xx_not_5xx(client, auth, model_id, dataset_id):
     assert_problem(client.get("/v1/jobs", headers=auth, params={"after": "x\x00"}), 422, "after")
     assert_problem(client.get("/v1/jobs", headers=auth, params={"metadata[a]": "\x00"}), 422)
     assert_problem(client.get("/v1/models/mdl_%00", headers=auth), 404)
+    assert_problem(client.get("/v1/jobs/job_%00/report", headers=auth), 404)
     too_long = client.post("/v1/models", headers=auth, files={"file": ("m.pt", io.BytesIO(b"x"))}, data={"name": "x" * 300})
     assert_problem(too_long, 422, "name")
 

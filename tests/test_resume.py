@@ -27,6 +27,20 @@ def stop_after_epochs(n: int):
     return on_progress, lambda: seen["epoch"] >= n
 
 
+def interrupted_then_resumed(model, tmp_path, config: dict, stop_epoch: int) -> list[dict]:
+    """Prune into tmp_path/b, stopped after ``stop_epoch`` epochs, then resumed from the
+    checkpoint; returns the resumed run's progress events."""
+    ckpt = FileCheckpointer(tmp_path / "resume.ckpt")
+    progress, stop = stop_after_epochs(stop_epoch)
+    with pytest.raises(Cancelled):
+        prune(model, TINY_URI, tmp_path / "b", BiseConfig(**config), on_progress=progress, should_stop=stop,
+              checkpoint=ckpt)
+    assert ckpt.path.is_file()
+    events: list[dict] = []
+    prune(model, TINY_URI, tmp_path / "b", BiseConfig(**config), on_progress=events.append, checkpoint=ckpt)
+    return events
+
+
 def outcome(out) -> tuple[dict, list]:
     report = json.loads((out / "report.json").read_text())
     return json.loads((out / "mask.json").read_text()), report["history"]
@@ -36,14 +50,7 @@ def outcome(out) -> tuple[dict, list]:
 def test_interrupted_then_resumed_equals_uninterrupted(archive_factory, tmp_path, arch):
     model = archive_factory(arch)
     prune(model, TINY_URI, tmp_path / "a", BiseConfig(**CONFIG))
-    ckpt = FileCheckpointer(tmp_path / "resume.ckpt")
-    progress, stop = stop_after_epochs(2)
-    with pytest.raises(Cancelled):
-        prune(model, TINY_URI, tmp_path / "b", BiseConfig(**CONFIG), on_progress=progress, should_stop=stop,
-              checkpoint=ckpt)
-    assert ckpt.path.is_file()
-    events: list[dict] = []
-    prune(model, TINY_URI, tmp_path / "b", BiseConfig(**CONFIG), on_progress=events.append, checkpoint=ckpt)
+    events = interrupted_then_resumed(model, tmp_path, CONFIG, stop_epoch=2)
     resumed = [e for e in events if e["type"] == "resumed"]
     assert resumed and resumed[0]["epoch"] == 2
     assert outcome(tmp_path / "b") == outcome(tmp_path / "a")
@@ -66,13 +73,7 @@ def test_resume_in_the_middle_of_a_tau_period(archive_factory, tmp_path):
     config = dict(CONFIG, tau_period=2, tau_decay=0.5, tau_min=0.2, group_balance="sampling")
     model = archive_factory("mlp")
     prune(model, TINY_URI, tmp_path / "a", BiseConfig(**config))
-    ckpt = FileCheckpointer(tmp_path / "resume.ckpt")
-    progress, stop = stop_after_epochs(3)
-    with pytest.raises(Cancelled):
-        prune(model, TINY_URI, tmp_path / "b", BiseConfig(**config), on_progress=progress, should_stop=stop,
-              checkpoint=ckpt)
-    events: list[dict] = []
-    prune(model, TINY_URI, tmp_path / "b", BiseConfig(**config), on_progress=events.append, checkpoint=ckpt)
+    events = interrupted_then_resumed(model, tmp_path, config, stop_epoch=3)
     assert [e["epoch"] for e in events if e["type"] == "resumed"] == [3]
     assert outcome(tmp_path / "b") == outcome(tmp_path / "a")
 

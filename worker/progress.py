@@ -48,7 +48,7 @@ class JobProgress:
             self.fraction = lo + (hi - lo) * min(int(event.get("step", 0)) / total, 1.0)
             if time.monotonic() - self._last_progress >= self.interval:
                 self._last_progress = time.monotonic()
-                data = {k: event[k] for k in STEP_KEYS if k in event}
+                data = {k: event[k] for k in STEP_KEYS if k in event} | {"progress": round(self.fraction, 4)}
                 self.write("progress", f"epoch {data.get('epoch')} step {data.get('step')}/{data.get('total_steps')}",
                            data, metrics=data)
         elif kind == "phase":

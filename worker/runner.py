@@ -7,6 +7,7 @@ still ours, and every terminal transition goes through ``service.lifecycle.finis
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -31,7 +32,6 @@ from worker.lease import Heartbeat
 from worker.progress import JobProgress
 
 log = logging.getLogger(__name__)
-ARTIFACTS = {"masked": "pruned", "slim": "pruned_slim", "mask_tensor": "mask", "report": "report", "mask_json": "mask"}
 
 
 def resolve_device(setting: str) -> str:
@@ -151,8 +151,6 @@ class JobRun:
         if beat.should_stop():
             raise Cancelled()
         artifacts = _upload(self.job_id, result.files, model.format or result.report.get("model", {}).get("format", ""))
-        import json
-
         mask = json.loads(result.files["mask_json"].read_text())
         self._finish("succeeded", report=result.report, mask=mask, artifacts=artifacts,
                      metrics=_summary(result.report), message=f"job succeeded: {result.report.get('verdict')}")

@@ -9,8 +9,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import undefer
 
 from api.deps import CallerDep, SessionDep
-from api.errors import PROBLEM_RESPONSES, ApiError, not_found
+from api.errors import PROBLEM_RESPONSES, ApiError
 from api.ranges import artifact_response
+from api.resources import owned
 from bise_core.report_html import render_report_html
 from service.models import SUCCEEDED, Job
 from service.stores import get_storage
@@ -20,9 +21,7 @@ VARIANTS = {"masked": "masked", "slim": "slim"}
 
 
 def _finished_job(session: SessionDep, caller: CallerDep, job_id: str, *columns: Any) -> Job:
-    job = session.get(Job, job_id, options=[undefer(c) for c in columns])
-    if job is None or job.project_id != caller.project_id:
-        raise not_found("job", job_id)
+    job = owned(session, caller, Job, "job", job_id, options=[undefer(c) for c in columns])
     if job.status != SUCCEEDED:
         raise ApiError(409, f"the job is {job.status}; results exist once it has succeeded",
                        code="job_not_succeeded", param="job_id")
