@@ -60,9 +60,10 @@ class JobCollector:
     def _queues(self) -> Metric:
         settings = get_settings()
         gauge = GaugeMetricFamily("bise_queue_depth", "messages waiting in each Celery queue", labels=["queue"])
+        client = get_redis()
         for queue in (settings.queue_gpu, settings.queue_cpu):
-            try:
-                depth = get_redis().llen(f"{settings.redis_prefix}{queue}")
+            try:  # the embedded SQLAlchemy broker has no cheap depth: NaN there
+                depth = client.llen(f"{settings.redis_prefix}{queue}") if client else float("nan")
             except Exception:
                 depth = float("nan")
             gauge.add_metric([queue], depth)

@@ -1,7 +1,7 @@
 """Inference latency of a vanilla model vs its BISE outputs (masked and physically slimmed).
 
 Usage: .venv/bin/python benchmarks/latency.py VANILLA.pt BISE_OUT_DIR [--threads N] [--runs N]
-(e.g. after `bash scripts/demo.sh`: runs/demo/vanilla.pt runs/demo/bise). Prints one row per
+(e.g. after `bash scripts/demo.sh`: runs/demo/vanilla.pt runs/demo). Prints one row per
 model and batch size: median and p90 milliseconds per forward pass, and the speed-up over the
 vanilla model. The masked checkpoint has the vanilla's shapes (zeroed units), so it should
 cost the same; only the slim one removes work.

@@ -124,7 +124,7 @@ def _datasets(client: BiseClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(client: BiseClient, job_id: str, quiet: bool) -> None:
+def follow(client: BiseClient, job_id: str, quiet: bool) -> None:
     """Live progress from the SSE stream (on stderr), reconnecting after drops."""
     from tqdm import tqdm
 
@@ -161,7 +161,7 @@ def _jobs(client: BiseClient, args: argparse.Namespace) -> int:
             _print(job, args.json)
             return 0
         if job["status"] not in TERMINAL:
-            _follow(client, job["id"], args.json)
+            follow(client, job["id"], args.json)
         return _finish(client, client.jobs.get(job["id"]), requirements, args.json)
     if action == "list":
         _print(list(client.jobs.list(status=args.status, limit=args.limit)), args.json,

@@ -43,17 +43,21 @@ def follow(open_stream: Callable[[int | None], Any], last_id: int | None = None,
     reconnecting after a drop, until the server ends the stream or ``is_done(event)``."""
     failures = 0
     while True:
+        received = False
         try:
             with open_stream(last_id) as response:
                 response.raise_for_status()
                 for event_id, event in parse_events(response.iter_lines()):
-                    failures = 0
+                    failures, received = 0, True
                     if event_id is not None:
                         last_id = int(event_id)
                     yield event
                     if is_done(event):
                         return
-            return  # the server closed the stream: the job is over
+            # A clean close means "nothing more" only when it follows an empty replay: a server
+            # shutting down (a deploy) also closes streams cleanly, so ask once more from last_id.
+            if not received:
+                return
         except RECONNECT_ERRORS as exc:
             failures += 1
             if failures > max_retries:

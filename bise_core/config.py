@@ -8,7 +8,7 @@ pydantic's errors into a 422 naming the field).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -122,6 +122,13 @@ class BiseConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]{1,2})?|mps)$",
                         description="torch device (the service picks the worker's own)")
+    # how the mask epochs execute (speed, not the algorithm; a resumed job may change them)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast the masked forward and the loss on CUDA (ignored on CPU)")
+    channels_last: bool = Field(False, description="channels_last memory format for image models on CUDA")
+    torch_compile: bool = Field(False, description="torch.compile the masked forward (the first steps compile)")
+    data_placement: Literal["auto", "host"] = Field(
+        "auto", description="auto: the training split moves to the GPU once when it fits; host: batch by batch")
 
     @field_validator("include_layers", "exclude_layers")
     @classmethod
@@ -143,6 +150,9 @@ class BiseConfig(BaseModel):
         if self.tau_min >= self.tau_0:  # type: ignore[operator]
             raise ValueError("tau_min must be smaller than tau_0")
         return self
+
+    #: Fields that change how fast a run goes, not what it computes.
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"device", "precision", "channels_last", "torch_compile", "data_placement"})
 
     def schedule_epochs(self) -> int:
         """Epochs until tau drops below tau_min (bounded by max_epochs)."""

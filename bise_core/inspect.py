@@ -18,6 +18,7 @@ import torch
 from bise_core.backends import params_and_flops, prepare
 from bise_core.data import open_dataset
 from bise_core.errors import BiseInputError, ModelFormatError
+from bise_core.memory import activation_bytes_per_sample
 from bise_core.models import _first_line, detect_format, load_model, quiet_torch
 
 IMAGE_SIDES = (32, 28, 64, 224, 16)
@@ -111,6 +112,7 @@ def inspect_model(path: Path | str, input_shape: str | None = None) -> dict[str,
             classifier=units.classifier, num_classes=units.num_classes, backend=prepared.backend,
             layers=[{"name": u.name, "kind": u.kind, "units": u.size} for u in units.units],
             units_total=units.total_units,
+            activation_bytes_per_sample=activation_bytes_per_sample(prepared.loaded.module, example),
         )
         return summary
     if fmt == "export" or input_shape:

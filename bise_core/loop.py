@@ -20,7 +20,9 @@ from bise_core.config import BiseConfig
 from bise_core.data.splits import Dataset, Split
 from bise_core.evaluate import predict, unbiased_accuracy
 from bise_core.gates import GateControls
+from bise_core.execution import Execution
 from bise_core.objective import AuxHeads, Objective, group_weights, train_heads
+from bise_core.staging import stage
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 StopCheck = Callable[[], bool]
@@ -108,6 +110,9 @@ class BiseLoop:
         self.heads = AuxHeads(z_dim, data.bias_cardinalities).to(self.device)
         self.heads.requires_grad_(False)  # trained only inside _refresh_heads
         self.optimizer = _mask_optimizer(config, gated.mask_parameters())
+        self.staged = stage(self.train.x, self.train.y, self.train.b, self.batch_weights, self.device,
+                            config.data_placement)
+        self.execution = Execution.for_config(config, self.gated, self.train.x.dim())
         selection = config.selection or ("best_val" if _has_two_groups(self.val) else "last")
         if selection == "best_val" and not _has_two_groups(self.val):
             selection = "last"
@@ -160,13 +165,10 @@ class BiseLoop:
         for start in range(0, n, bs):
             if self.should_stop():
                 raise Cancelled()
-            idx = order[start : start + bs]
-            x = self.train.x[idx].to(self.device, non_blocking=True)
-            y = self.train.y[idx].to(self.device)
-            b = self.train.b[idx].to(self.device)
-            w = self.batch_weights[idx].to(self.device)
-            logits, z = self.gated(x)
-            loss, parts = self.objective.loss(logits, self.heads(z), y, b, w)
+            x, y, b, w = self.staged.batch(order[start : start + bs], self.device)
+            with self.execution.autocast():
+                logits, z = self.execution.forward(self.execution.layout(x))
+            loss, parts = self.objective.loss(logits.float(), self.heads(z.float()), y, b, w)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.mask_optimizer == "nsgd":
@@ -201,7 +203,7 @@ class BiseLoop:
     # -- checkpoints --------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here: the same job, whatever the device."""
-        return {"config": self.cfg.model_dump(exclude={"device"}),
+        return {"config": self.cfg.model_dump(exclude=set(BiseConfig.EXECUTION_FIELDS)),
                 "units": [[u.name, u.size] for u in self.gated.units.units],
                 "train_size": len(self.train), "bias_cardinalities": list(self.data.bias_cardinalities),
                 "selection": self.selection_mode}

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import fx
 
+from bise_core.archives import check_expansion
 from bise_core.errors import ModelFormatError
 
 ModelFormat = Literal["torchscript", "export"]
@@ -44,6 +45,7 @@ def detect_format(path: Path) -> ModelFormat:
         raise ModelFormatError(
             f"{path.name} is not a TorchScript (torch.jit.save) or torch.export (.pt2) archive"
         )
+    check_expansion(path, ModelFormatError)
     try:
         names = zipfile.ZipFile(path).namelist()
     except zipfile.BadZipFile as exc:

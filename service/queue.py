@@ -25,7 +25,7 @@ DELIVER_WEBHOOK = "bise.deliver_webhook"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("bise", broker=settings.redis_url)
+    app = Celery("bise", broker=settings.broker_url)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -35,10 +35,7 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_default_queue=settings.queue_cpu,
         task_routes={RUN_JOB: {"queue": settings.queue_gpu}},
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_seconds,
-            "global_keyprefix": settings.redis_prefix,
-        },
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
@@ -48,14 +45,22 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def _transport_options(settings: Settings) -> dict[str, object]:
+    """Redis: visibility timeout and key prefix. The embedded SQLAlchemy transport hands its
+    options to ``create_engine``, so it only gets SQLite's lock wait (API and workers share the file)."""
+    if settings.redis_url:
+        return {"visibility_timeout": settings.visibility_timeout_seconds, "global_keyprefix": settings.redis_prefix}
+    return {"connect_args": {"timeout": 30}}
+
+
 @lru_cache(maxsize=4)
-def _app_for(settings_key: tuple[str, str, str, str]) -> Celery:
+def _app_for(settings_key: tuple[str, str, str]) -> Celery:
     return make_celery(get_settings())
 
 
 def celery_app() -> Celery:
     s = get_settings()
-    return _app_for((s.redis_url, s.redis_prefix, s.queue_gpu, s.queue_cpu))
+    return _app_for((s.broker_url, s.redis_prefix, s.queue_gpu, s.queue_cpu))
 
 
 def send(task: str, *args: object, countdown: float | None = None) -> bool:

@@ -15,10 +15,13 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=30)
 
 
-def get_redis() -> redis.Redis:
-    return _client(get_settings().redis_url)
+def get_redis() -> redis.Redis | None:
+    """The shared client, or None in the embedded set-up (no Redis configured)."""
+    url = get_settings().redis_url
+    return _client(url) if url else None
 
 
-def async_redis() -> aioredis.Redis:
-    """A fresh asyncio client (one per event loop; SSE streams block on XREAD)."""
-    return aioredis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2.0)
+def async_redis() -> aioredis.Redis | None:
+    """A fresh asyncio client (one per event loop; SSE streams block on XREAD), or None."""
+    url = get_settings().redis_url
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2.0) if url else None

@@ -25,7 +25,15 @@ class Settings(BaseSettings):
 
     # where things live
     database_url: str = Field(f"sqlite:///{DEFAULT_HOME}/bise.db", description="SQLAlchemy URL")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and live event streams")
+    redis_url: str | None = Field(
+        None,
+        description="Celery broker and live event streams (redis://...); unset or empty: the embedded "
+        "broker, a SQLite queue next to the database, and events polled from the database",
+    )
+    embedded_broker_url: str = Field(
+        f"sqla+sqlite:///{DEFAULT_HOME}/broker.db",
+        description="kombu SQLAlchemy broker used when BISE_REDIS_URL is unset (one machine only)",
+    )
     storage_url: str = Field(f"file://{DEFAULT_HOME.resolve()}/storage", description="file:///path or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); AWS when unset")
     data_roots: Annotated[list[Path], NoDecode] = Field(
@@ -53,6 +61,8 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(15.0, gt=0, description="how often a worker looks for expired leases")
     visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=60, description="Redis broker visibility timeout")
     max_attempts: int = Field(5, ge=1, description="job runs (resumes included) before it is failed")
+    job_memory_bytes: int = Field(32 * 1024**3, ge=1024**2,
+                                  description="a job's estimated peak memory above which it is refused (422)")
 
     # sandbox for untrusted uploads
     sandbox_memory_bytes: int = Field(8 * 1024**3, ge=256 * 1024**2, description="address-space cap of validation")
@@ -76,6 +86,16 @@ class Settings(BaseSettings):
 
             return [Path(p) for p in value.split(os.pathsep) if p.strip()]
         return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def broker_url(self) -> str:
+        """Redis when configured; otherwise the embedded SQLAlchemy queue (no service to run)."""
+        return self.redis_url or self.embedded_broker_url
 
     @property
     def is_sqlite(self) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
+from service.embedded import free_port
 import subprocess
 import sys
 import tempfile
@@ -44,14 +44,6 @@ _CLEARED_AWS_VARS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", 
                      "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 HOST = "127.0.0.1"
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nobody listens on right now (the server may still lose a race for it;
-    :func:`moto_s3_server` retries with another port then)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

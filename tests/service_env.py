@@ -8,7 +8,6 @@ other's jobs even when they share this machine's PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,11 @@ from typing import Iterator
 import httpx
 import psycopg
 
+from service.embedded import free_port
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -106,8 +101,8 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
-def start_api(env: dict[str, str], log: Path) -> tuple[Proc, str]:
-    port = free_port()
+def start_api(env: dict[str, str], log: Path, port: int | None = None) -> tuple[Proc, str]:
+    port = port or free_port()
     proc = Proc([sys.executable, "-m", "api"], {**env, "BISE_PORT": str(port)}, log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -133,3 +128,10 @@ def start_worker(env: dict[str, str], log: Path, queues: str = "gpu,cpu") -> Pro
             return proc
         time.sleep(0.3)
     raise RuntimeError(f"worker did not start:\n{proc.output()}")
+
+
+def admin(env: dict[str, str], *args: str) -> str:
+    """``python -m api.admin ...`` against ``env``'s database; its stdout."""
+    done = subprocess.run([sys.executable, "-m", "api.admin", *args], env=child_env(env), cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()

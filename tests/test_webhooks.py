@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-import socket
+from service.embedded import free_port
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -245,14 +245,8 @@ def test_deliver_any_2xx_is_ok(receiver: ThreadingHTTPServer) -> None:
     assert result == DeliveryResult(ok=True, status_code=204, error=None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_deliver_unreachable_port_returns_error() -> None:
-    result = deliver(f"http://127.0.0.1:{_free_port()}/hook", "msg_x", {"a": 1}, new_secret(), timeout=2.0)
+    result = deliver(f"http://127.0.0.1:{free_port()}/hook", "msg_x", {"a": 1}, new_secret(), timeout=2.0)
     assert result.ok is False
     assert result.status_code is None
     assert result.error

@@ -107,8 +107,9 @@ class Heartbeat:
         now = time.monotonic()
         if now >= self._next_poll:
             self._next_poll = now + self.poll
-            try:
-                if get_redis().exists(cancel_key(self.settings.redis_prefix, self.job_id)):
+            client = get_redis()
+            try:  # without Redis the heartbeat's database check is the only one
+                if client is not None and client.exists(cancel_key(self.settings.redis_prefix, self.job_id)):
                     self.cancelled.set()
             except redis.RedisError:
                 pass

@@ -20,6 +20,7 @@ from bise_core.config import BiseConfig
 from bise_core.errors import BiseInputError
 from bise_core.loop import Cancelled
 from bise_core.pipeline import prune
+from service.admission import memory_refusal
 from service.db import session_scope
 from service.events import record_event
 from service.lifecycle import announce, error_info, finish
@@ -120,6 +121,11 @@ class JobRun:
             obj = model if bad == "model" else dataset
             why = "was deleted" if obj.deleted_at else f"is {obj.status}: {(obj.error or {}).get('message', '')}"
             self._finish("failed", error=error_info(f"{bad}_invalid", f"the {bad} {why}", f"{bad}_id"))
+            return
+        too_large = memory_refusal(model.summary, dataset.summary, BiseConfig(**(job.hyperparameters or {})).model_dump(),
+                                   self.settings.job_memory_bytes)
+        if too_large is not None:
+            self._finish("failed", error=too_large)
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         with Heartbeat(self.job_id, self.owner, self.settings) as beat:

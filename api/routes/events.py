@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Any, AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request
@@ -70,35 +71,45 @@ def _frame(event: dict[str, Any]) -> bytes:
 async def _stream(request: Request, job_id: str, last: int) -> AsyncIterator[bytes]:
     key = stream_key(get_settings(), job_id)
     client = async_redis()
+    poll_seconds = 1.0 if client is not None else 0.5  # Redis down, or none configured (embedded)
     yield b"retry: 2000\n\n"
+    quiet_since = time.monotonic()
     try:
         while not await request.is_disconnected():
             events, terminal = await run_in_threadpool(_catch_up, job_id, last)
             for event in events:
                 yield _frame(event)
                 last = event["id"]
+            if events:
+                quiet_since = time.monotonic()
             if len(events) == BATCH:
                 continue
             if terminal and not events:
                 return
-            try:
-                reply = await client.xread({key: f"{last}-1"}, count=100, block=int(KEEPALIVE_SECONDS * 1000))
-            except Exception:  # Redis down: poll the table instead
-                await asyncio.sleep(1.0)
-                continue
-            if not reply:
+            if client is not None:
+                try:
+                    reply = await client.xread({key: f"{last}-1"}, count=100, block=int(KEEPALIVE_SECONDS * 1000))
+                except Exception:  # Redis down: poll the table below
+                    reply = None
+                if reply is not None:
+                    for _, entries in reply:
+                        for entry_id, fields in entries:
+                            seq = int(entry_id.decode().split("-")[0])
+                            if seq != last + 1:
+                                break  # a gap: the table has the missing ones
+                            yield _frame(json.loads(fields[b"e"]))
+                            last = seq
+                    if not reply:  # blocked a whole keep-alive period
+                        yield b": keep-alive\n\n"
+                    quiet_since = time.monotonic()
+                    continue
+            if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
                 yield b": keep-alive\n\n"
-                continue
-            for _, entries in reply:
-                for entry_id, fields in entries:
-                    seq = int(entry_id.decode().split("-")[0])
-                    if seq != last + 1:
-                        break  # a gap: the table has the missing ones
-                    event = json.loads(fields[b"e"])
-                    yield _frame(event)
-                    last = seq
+            await asyncio.sleep(poll_seconds)
     finally:
-        await client.aclose()
+        if client is not None:
+            await client.aclose()
 
 
 @router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events); resume with Last-Event-ID",

@@ -19,6 +19,7 @@ from api.routes.models import owned_model
 from api.schemas import ID_PATTERN, JobCreate, JobObject, ListOf
 from api.serialize import job_out
 from service import queue
+from service.admission import memory_refusal
 from service.events import record_event
 from service.ids import new_id
 from service.lifecycle import announce, cancel_key, error_info, finish
@@ -74,6 +75,9 @@ def create_job(body: JobCreate, caller: CallerDep, session: SessionDep, response
     model = owned_model(session, caller, body.model_id, "model_id")
     dataset = owned_dataset(session, caller, body.dataset_id, "dataset_id")
     hyper = body.hyperparameters.model_dump(mode="json")
+    too_large = memory_refusal(model.summary, dataset.summary, hyper, get_settings().job_memory_bytes)
+    if too_large is not None:
+        raise ApiError(422, too_large["message"], code=too_large["code"], param=too_large["param"])
     job = Job(id=new_id("job"), project_id=caller.project_id, model_id=model.id, dataset_id=dataset.id,
               hyperparameters=hyper, meta=body.metadata, webhook_url=str(body.webhook_url) if body.webhook_url else None,
               idempotency_key=idempotency_key, request_hash=digest, status=QUEUED, dispatched_at=utcnow())
@@ -142,8 +146,10 @@ def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> Any:
         job.cancel_requested = True
         event = record_event(session, job.id, "job.cancel_requested", "cancel requested; the worker stops at the next step")
         session.commit()
+        client = get_redis()
         try:
-            get_redis().set(cancel_key(get_settings().redis_prefix, job.id), "1", ex=24 * 3600)
+            if client is not None:
+                client.set(cancel_key(get_settings().redis_prefix, job.id), "1", ex=24 * 3600)
         except redis.RedisError:
             pass  # the worker also sees the flag in the database at its next heartbeat
         announce([event])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bise_core.archives import check_expansion
 from bise_core.data.splits import SPLIT_NAMES, as_tensor
 from bise_core.errors import DatasetError
 
@@ -62,6 +63,7 @@ def _load_arrays(path: Path) -> Mapping[str, object]:
     loader = LOADERS.get(path.suffix.lower())
     if loader is None:
         raise DatasetError(f"{path.name}: unsupported bundle type; use one of {', '.join(sorted(LOADERS))}")
+    check_expansion(path, DatasetError)
     try:
         return loader(path)
     except DatasetError:

@@ -1,0 +1,173 @@
+"""Load on the API while a job runs: status polls per second with latency percentiles, then
+concurrent uploads with the API process's peak memory (it must not grow with the file size).
+
+Usage: .venv/bin/python benchmarks/load.py [--seconds 20] [--concurrency 32] [--uploads 50]
+           [--sizes 8,64] [--api-workers 1]
+
+It starts its own service (``python -m api`` + ``python -m worker``) against this machine's
+PostgreSQL (a scratch database, dropped at the end) and Redis (a private key prefix), as
+production runs it; ``BISE_BENCH_PG`` and ``BISE_BENCH_REDIS`` point elsewhere. A BISE job
+with a long schedule runs on the worker during the whole poll phase. The load generator is
+httpx's asyncio client in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+
+from service.embedded import EmbeddedService  # noqa: E402
+
+PG = os.environ.get("BISE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("BISE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+DATA = "builtin:biased-digits?rho=0.9&n=2000&size=28&seed=0"
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    name = f"bise_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a process and its children (uvicorn with several workers forks them)."""
+    total = 0.0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for each in pids:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def poll(url: str, headers: dict[str, str], path: str, seconds: float, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=10) as client:
+        async def loop() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                res = await client.get(path)
+                latencies.append(time.perf_counter() - start)
+                errors += res.status_code != 200
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "errors": errors,
+            "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * percentile(latencies, 0.95),
+            "p99_ms": 1000 * percentile(latencies, 0.99), "max_ms": 1000 * max(latencies)}
+
+
+async def uploads(url: str, headers: dict[str, str], path: Path, count: int) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
+        async def one(i: int) -> float:
+            start = time.perf_counter()
+            with path.open("rb") as handle:
+                res = await client.post("/v1/models", files={"file": (f"m{i}.pt", handle)}, data={"name": f"load-{i}"})
+            res.raise_for_status()
+            return time.perf_counter() - start
+        started = time.perf_counter()
+        times = await asyncio.gather(*(one(i) for i in range(count)))
+        elapsed = time.perf_counter() - started
+    size = path.stat().st_size
+    return {"seconds": elapsed, "MB/s": count * size / 1e6 / elapsed, "p50_s": statistics.median(times),
+            "max_s": max(times)}
+
+
+def train_model(out: Path) -> Path:
+    from bise_core.cli import main as local_main
+
+    local_main(["train-vanilla", "--data", DATA, "--arch", "cnn", "--epochs", "2", "--out", str(out)])
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--uploads", type=int, default=50)
+    parser.add_argument("--sizes", default="8,64", help="upload sizes in MB, comma-separated")
+    parser.add_argument("--api-workers", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bise-load-") as tmp, scratch_database() as database:
+        root = Path(tmp)
+        tag = uuid.uuid4().hex[:6]
+        overrides = {"BISE_DATABASE_URL": database, "BISE_REDIS_URL": REDIS, "BISE_REDIS_PREFIX": f"bench-{tag}:",
+                     "BISE_QUEUE_GPU": f"gpu-{tag}", "BISE_QUEUE_CPU": f"cpu-{tag}", "BISE_DEVICE": "cpu",
+                     "BISE_API_WORKERS": str(args.api_workers), "BISE_RATE_LIMIT_PER_MINUTE": "0",
+                     "BISE_MAX_UPLOAD_BYTES": str(2 * 1024**3)}
+        model_path = train_model(root / "vanilla.pt")
+        with EmbeddedService(root / "home", overrides=overrides) as service:
+            headers = {"Authorization": f"Bearer {service.api_key}"}
+            http = httpx.Client(base_url=service.url, headers=headers, timeout=60)
+            with model_path.open("rb") as handle:
+                model = http.post("/v1/models", files={"file": ("vanilla.pt", handle)}).json()
+            dataset = http.post("/v1/datasets", json={"name": "digits", "uri": DATA}).json()
+            for kind, obj in (("models", model), ("datasets", dataset)):
+                while http.get(f"/v1/{kind}/{obj['id']}").json()["status"] == "validating":
+                    time.sleep(0.5)
+            long = {"tau_decay": 0.999, "tau_min": 0.001, "max_epochs": 5000, "early_stop_periods": 0}
+            job = http.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                              "hyperparameters": long}).json()
+            while http.get(f"/v1/jobs/{job['id']}").json()["status"] != "running":
+                time.sleep(0.5)
+            api_pid = service._children[0].pid
+            polls = asyncio.run(poll(service.url, headers, f"/v1/jobs/{job['id']}", args.seconds, args.concurrency))
+            still = http.get(f"/v1/jobs/{job['id']}").json()["status"]
+            rows = []
+            for size_mb in (int(s) for s in args.sizes.split(",")):
+                blob = root / f"upload-{size_mb}.bin"
+                with blob.open("wb") as handle:
+                    for _ in range(size_mb):
+                        handle.write(os.urandom(1024**2))
+                before = peak_rss_mb(api_pid)
+                result = asyncio.run(uploads(service.url, headers, blob, args.uploads))
+                rows.append((size_mb, result, before, peak_rss_mb(api_pid)))
+                blob.unlink()
+            http.post(f"/v1/jobs/{job['id']}/cancel")
+            http.close()
+    print(f"status polls: GET /v1/jobs/{{id}}, {args.concurrency} concurrent clients for {args.seconds:.0f} s, "
+          f"{args.api_workers} API worker process(es), a BISE job {still} on the worker meanwhile")
+    print(f"{'requests':>9s} {'req/s':>8s} {'errors':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
+    print(f"{polls['requests']:9d} {polls['rps']:8.0f} {polls['errors']:7d} {polls['p50_ms']:7.1f} "
+          f"{polls['p95_ms']:7.1f} {polls['p99_ms']:7.1f} {polls['max_ms']:7.1f}")
+    print(f"\n{args.uploads} concurrent model uploads per size; API peak RSS (VmHWM) before and after")
+    print(f"{'size MB':>8s} {'total MB':>9s} {'seconds':>8s} {'MB/s':>7s} {'p50 s':>7s} {'max s':>7s} "
+          f"{'RSS before':>11s} {'RSS after':>10s}")
+    for size_mb, r, before, after in rows:
+        print(f"{size_mb:8d} {size_mb * args.uploads:9d} {r['seconds']:8.1f} {r['MB/s']:7.0f} {r['p50_s']:7.2f} "
+              f"{r['max_s']:7.2f} {before:10.0f}M {after:9.0f}M")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
