@@ -11,14 +11,16 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from service.db import session_factory
+from service.db import read_session_factory, session_factory
 from service.keys import project_for_key
 from service.redis_client import get_redis
 from service.settings import Settings, get_settings
 
 
-def get_session() -> Iterator[Session]:
-    session = session_factory()()
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request; GET and HEAD only read, so they get an autocommit one."""
+    factory = read_session_factory() if request.method in ("GET", "HEAD") else session_factory()
+    session = factory()
     try:
         yield session
     finally:
@@ -68,10 +70,10 @@ def get_caller(request: Request, session: Annotated[Session, Depends(get_session
     found = project_for_key(session, token.strip())
     if found is None:
         raise _unauthorized("invalid or revoked API key")
-    project, key = found
-    _rate_limit(get_settings(), key.id)
-    request.state.project_id = project.id
-    return Caller(project_id=project.id, key_id=key.id)
+    project_id, key_id = found
+    _rate_limit(get_settings(), key_id)
+    request.state.project_id = project_id
+    return Caller(project_id=project_id, key_id=key_id)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

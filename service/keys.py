@@ -12,6 +12,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import key_cache
 from service.ids import new_id
 from service.models import ApiKey, Project, utcnow
 from service.webhooks import new_secret
@@ -48,13 +49,21 @@ def revoke_key(session: Session, key_or_id: str) -> ApiKey | None:
     key = session.scalar(select(ApiKey).where(where))
     if key is not None and key.revoked_at is None:
         key.revoked_at = utcnow()
+        key_cache.invalidate_after_commit(session)
     return key
 
 
-def project_for_key(session: Session, raw: str) -> tuple[Project, ApiKey] | None:
+def project_for_key(session: Session, raw: str) -> tuple[str, str] | None:
+    """(project id, key id) of a valid key; served from service.key_cache when it can be."""
+    digest = hash_key(raw)
+    generation = key_cache.current_generation()
+    cached = key_cache.lookup(digest, generation)
+    if cached is not None:
+        return cached.project_id, cached.key_id
     row = session.execute(
-        select(Project, ApiKey)
-        .join(ApiKey, ApiKey.project_id == Project.id)
-        .where(ApiKey.key_hash == hash_key(raw), ApiKey.revoked_at.is_(None))
+        select(ApiKey.project_id, ApiKey.id).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()
-    return (row[0], row[1]) if row else None
+    if row is None:
+        return None
+    key_cache.remember(digest, row[0], row[1], generation)
+    return row[0], row[1]

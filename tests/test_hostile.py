@@ -170,3 +170,17 @@ def test_huge_batch_is_refused_at_submission_with_the_field(client, auth, api, a
     assert problem["code"] == "job_too_large" and problem["errors"][0]["pointer"] == "#/hyperparameters/batch_size"
     assert accepted.status_code == 201, accepted.text
     client.post(f"/v1/jobs/{accepted.json()['id']}/cancel", headers=auth)
+
+
+def test_a_key_revoked_by_another_process_fails_at_once(live_api, service_env):
+    """The API caches key lookups; revoking from the admin CLI (another process) must still
+    take effect on the very next request (the shared generation token in Redis changes)."""
+    from tests.service_env import admin
+
+    raw = admin(service_env, "create-key", "--project", "revocation")
+    headers = {"Authorization": f"Bearer {raw}"}
+    for _ in range(3):  # now cached in the API process
+        assert httpx.get(f"{live_api}/v1/project", headers=headers).status_code == 200
+    admin(service_env, "revoke-key", raw)
+    res = httpx.get(f"{live_api}/v1/project", headers=headers)
+    assert res.status_code == 401 and res.json()["code"] == "invalid_api_key"
