@@ -95,6 +95,8 @@ class BiseLoop:
         self.should_stop = should_stop or (lambda: False)
         self.gen = seed_everything(config.seed)
         self.device = config.device
+        self._feature_memo: tuple[tuple[bytes, ...], torch.Tensor] | None = None
+        self._val_memo: tuple[tuple[bytes, ...], float] | None = None
         self.weights = group_weights(self.train.y, self.train.b)
         sampled = config.group_balance == "sampling"
         self.batch_weights = torch.ones_like(self.weights) if sampled else self.weights
@@ -122,10 +124,22 @@ class BiseLoop:
         self.best: dict[str, Any] = {}
 
     # -- pieces -------------------------------------------------------------------------
-    def _features(self, mode: str = "hard") -> torch.Tensor:
-        self.gated.set_mode(mode)
-        _, z = predict(self.gated, self.train.x, self.cfg.eval_batch_size, self.device)
-        return z.to(self.device)
+    def _hard_mask_key(self) -> tuple[bytes, ...]:
+        return tuple(m.numpy().tobytes() for m in self.gated.keep_masks())
+
+    def _features(self) -> torch.Tensor:
+        """Bottleneck features of the training split under the current hard mask.
+
+        A hard-mode forward depends on the binary mask alone, and late in a run the mask
+        stops changing for whole periods: the last result is reused while the mask is the
+        same (exactly what a new pass would give, without the pass over the whole split).
+        """
+        self.gated.set_mode("hard")
+        key = self._hard_mask_key()
+        if self._feature_memo is None or self._feature_memo[0] != key:
+            _, z = predict(self.gated, self.train.x, self.cfg.eval_batch_size, self.device)
+            self._feature_memo = (key, z.to(self.device))
+        return self._feature_memo[1]
 
     def _refresh_heads(self, epochs: int) -> None:
         """Retrain the aux heads to predict b from the *current* pruned bottleneck."""
@@ -143,10 +157,14 @@ class BiseLoop:
         self.heads.requires_grad_(False)
 
     def _val_score(self) -> float | None:
+        """Val unbiased accuracy of the current hard mask (memoised per mask, like _features)."""
         if self.val is None or not _has_two_groups(self.val):
             return None
         self.gated.set_mode("hard")
-        return unbiased_accuracy(self.gated, self.val, self.cfg.eval_batch_size, self.device)
+        key = self._hard_mask_key()
+        if self._val_memo is None or self._val_memo[0] != key:
+            self._val_memo = (key, unbiased_accuracy(self.gated, self.val, self.cfg.eval_batch_size, self.device))
+        return self._val_memo[1]
 
     def _mask_epoch(self, epoch: int, tau: float, step0: int, total_steps: int) -> dict[str, float]:
         self.gated.set_mode("soft")
