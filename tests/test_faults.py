@@ -24,8 +24,8 @@ from tests.service_env import admin, scratch_database, service_environment, star
 from tests.test_service_e2e import HYPER, upload_model, wait_status
 
 pytestmark = pytest.mark.slow
-# slow enough to crash something in the middle (about 20 epochs on the tiny dataset)
-SLOW = {**HYPER, "tau_decay": 0.8, "early_stop_periods": 0, "selection": "last"}
+# long enough to crash something in the middle (about 80 epochs on the tiny dataset)
+SLOW = {**HYPER, "tau_decay": 0.95, "early_stop_periods": 0, "selection": "last"}
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -61,13 +61,16 @@ def create_job(http: httpx.Client, model_id: str, dataset_id: str, hyper: dict[s
 
 
 def wait_for_event(http: httpx.Client, job_id: str, kind: str, count: int = 1, timeout: float = 240) -> None:
+    """Until ``count`` events of ``kind``; the job must still be running then (the fault
+    that follows has to hit a job in the middle, or the test proves nothing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = http.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
         if sum(e["type"] == kind for e in events) >= count:
+            assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "running", "the job ended too soon"
             return
         time.sleep(0.3)
-    raise AssertionError(f"no {count} x {kind} in {job_id}'s events")
+    raise AssertionError(f"no {count} x {kind} in {job_id}'s events: {[e['type'] for e in events]}")
 
 
 class StreamReader(threading.Thread):
