@@ -24,8 +24,8 @@ from tests.service_env import admin, scratch_database, service_environment, star
 from tests.test_service_e2e import HYPER, upload_model, wait_status
 
 pytestmark = pytest.mark.slow
-# long enough to crash something in the middle (about 80 epochs on the tiny dataset)
-SLOW = {**HYPER, "tau_decay": 0.95, "early_stop_periods": 0, "selection": "last"}
+# long enough to crash something in the middle (about 130 epochs on the tiny dataset)
+SLOW = {**HYPER, "tau_decay": 0.97, "early_stop_periods": 0, "selection": "last"}
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
