@@ -21,33 +21,19 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import psycopg  # noqa: E402
 
 from service.embedded import EmbeddedService  # noqa: E402
+from tests.service_env import scratch_database  # noqa: E402  (the suite's throw-away database)
 
 PG = os.environ.get("BISE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("BISE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 DATA = "builtin:biased-digits?rho=0.9&n=2000&size=28&seed=0"
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"bise_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    finally:
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -142,7 +128,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="8,64", help="upload sizes in MB, comma-separated")
     parser.add_argument("--api-workers", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bise-load-") as tmp, scratch_database() as database:
+    with tempfile.TemporaryDirectory(prefix="bise-load-") as tmp, scratch_database(PG, prefix="bise_bench") as database:
         root = Path(tmp)
         tag = uuid.uuid4().hex[:6]
         overrides = {"BISE_DATABASE_URL": database, "BISE_REDIS_URL": REDIS, "BISE_REDIS_PREFIX": f"bench-{tag}:",

@@ -122,7 +122,8 @@ class JobRun:
             why = "was deleted" if obj.deleted_at else f"is {obj.status}: {(obj.error or {}).get('message', '')}"
             self._finish("failed", error=error_info(f"{bad}_invalid", f"the {bad} {why}", f"{bad}_id"))
             return
-        too_large = memory_refusal(model.summary, dataset.summary, BiseConfig(**(job.hyperparameters or {})).model_dump(),
+        # stored as the API validated them: preset values filled in
+        too_large = memory_refusal(model.summary, dataset.summary, job.hyperparameters or {},
                                    self.settings.job_memory_bytes)
         if too_large is not None:
             self._finish("failed", error=too_large)
