@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import gc
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,8 +55,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _poll_connection(host: str, port: int, request: bytes, schedule: list[float],
-                           latencies: list[float], statuses: list[int]) -> None:
+async def _poll_connection(host: str, port: int, requests: list[bytes], schedule: list[float],
+                           samples: list[tuple[float, float, int]]) -> None:
     """One keep-alive connection sending GETs at the times in ``schedule`` (open loop).
 
     Latency counts from the scheduled send time, so a server that falls behind shows it
@@ -62,36 +65,56 @@ async def _poll_connection(host: str, port: int, request: bytes, schedule: list[
     """
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        for due in schedule:
+        for n, due in enumerate(schedule):
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            writer.write(request)
+            writer.write(requests[n % len(requests)])
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
             await reader.readexactly(length)
-            latencies.append(time.perf_counter() - due)
-            statuses.append(int(lines[0].split()[1]))
+            samples.append((due, time.perf_counter() - due, int(lines[0].split()[1])))
     finally:
         writer.close()
 
 
-async def poll(url: str, headers: dict[str, str], path: str, seconds: float, concurrency: int,
-               rate: float) -> dict[str, float]:
-    """``rate`` requests per second for ``seconds`` over ``concurrency`` connections."""
+async def _loop_lag(until: float, lags: list[float]) -> None:
+    """How late this process's own event loop wakes up: a stalled generator would be
+    reported as server latency, so the figure is printed next to the percentiles."""
+    while time.perf_counter() < until:
+        asked = time.perf_counter()
+        await asyncio.sleep(0.005)
+        lags.append(time.perf_counter() - asked - 0.005)
+
+
+async def poll(url: str, headers: dict[str, str], paths: list[str], seconds: float, concurrency: int,
+               rate: float, warmup: float) -> dict[str, Any]:
+    """``rate`` requests per second for ``seconds`` over ``concurrency`` connections, each
+    connection going round ``paths`` (from a different start, so all are polled at once)."""
     host, port = url.split("//", 1)[1].split(":")
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-               + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
-    latencies: list[float] = []
-    statuses: list[int] = []
+    requests = [(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                 + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() for path in paths]
+    samples: list[tuple[float, float, int]] = []  # (scheduled time, latency, HTTP status)
+    lags: list[float] = []
     start = time.perf_counter() + 0.1
     total = int(rate * seconds)
     times = [start + i / rate for i in range(total)]
-    await asyncio.gather(*(_poll_connection(host, int(port), request, times[c::concurrency], latencies, statuses)
+    watcher = asyncio.ensure_future(_loop_lag(start + seconds, lags))
+    await asyncio.gather(*(_poll_connection(host, int(port), requests[c % len(requests):] + requests[:c % len(requests)],
+                                            times[c::concurrency], samples)
                            for c in range(concurrency)))
     elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "errors": sum(s != 200 for s in statuses),
+    await watcher
+    counted = [(due - start, latency, status) for due, latency, status in samples if due >= start + warmup]
+    latencies = [latency for _, latency, _ in counted]
+    worst: dict[int, float] = {}
+    for offset, latency, _ in counted:
+        worst[int(offset)] = max(worst.get(int(offset), 0.0), latency)
+    return {"requests": len(latencies), "rps": len(samples) / elapsed,
+            "errors": sum(status != 200 for _, _, status in counted),
+            "generator_lag_ms": 1000 * max(lags, default=0.0),
+            "slowest_seconds": sorted(worst.items(), key=lambda kv: -kv[1])[:3],
             "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * percentile(latencies, 0.95),
             "p99_ms": 1000 * percentile(latencies, 0.99), "max_ms": 1000 * max(latencies)}
 
@@ -113,9 +136,10 @@ async def uploads(url: str, headers: dict[str, str], path: Path, count: int) -> 
 
 
 def train_model(out: Path) -> Path:
-    from bise_core.cli import main as local_main
-
-    local_main(["train-vanilla", "--data", DATA, "--arch", "cnn", "--epochs", "2", "--out", str(out)])
+    """In a child process: torch in this one would make its garbage collections long enough
+    to show up as the API's latency (measured: 200 ms pauses of the generator's loop)."""
+    subprocess.run([sys.executable, "-m", "bise_core", "train-vanilla", "--data", DATA, "--arch", "cnn",
+                    "--epochs", "2", "--out", str(out)], check=True, cwd=ROOT)
     return out
 
 
@@ -127,6 +151,12 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=50)
     parser.add_argument("--sizes", default="8,64", help="upload sizes in MB, comma-separated")
     parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--worker-nice", type=int, default=None,
+                        help="BISE_WORKER_NICE for the worker (default: the setting's default)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of polls sent but left out of the figures (connections, first reads)")
+    parser.add_argument("--jobs", type=int, default=8,
+                        help="jobs polled: one running the whole time, the others finished (cancelled)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bise-load-") as tmp, scratch_database(PG, prefix="bise_bench") as database:
         root = Path(tmp)
@@ -135,6 +165,8 @@ def main() -> int:
                      "BISE_QUEUE_GPU": f"gpu-{tag}", "BISE_QUEUE_CPU": f"cpu-{tag}", "BISE_DEVICE": "cpu",
                      "BISE_API_WORKERS": str(args.api_workers), "BISE_RATE_LIMIT_PER_MINUTE": "0",
                      "BISE_MAX_UPLOAD_BYTES": str(2 * 1024**3)}
+        if args.worker_nice is not None:
+            overrides["BISE_WORKER_NICE"] = str(args.worker_nice)
         model_path = train_model(root / "vanilla.pt")
         with EmbeddedService(root / "home", overrides=overrides) as service:
             headers = {"Authorization": f"Bearer {service.api_key}"}
@@ -150,9 +182,18 @@ def main() -> int:
                                               "hyperparameters": long}).json()
             while http.get(f"/v1/jobs/{job['id']}").json()["status"] != "running":
                 time.sleep(0.5)
+            finished = []
+            for _ in range(args.jobs - 1):
+                other = http.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": dataset["id"],
+                                                    "hyperparameters": long}).json()
+                http.post(f"/v1/jobs/{other['id']}/cancel")
+                finished.append(other["id"])
             api_pid = service._children[0].pid
-            polls = asyncio.run(poll(service.url, headers, f"/v1/jobs/{job['id']}", args.seconds, args.concurrency,
-                                     args.rate))
+            paths = [f"/v1/jobs/{job_id}" for job_id in [job["id"], *finished]]
+            gc.collect()
+            gc.freeze()  # the set-up's objects are not scanned again by collections during the run
+            polls = asyncio.run(poll(service.url, headers, paths, args.seconds + args.warmup, args.concurrency,
+                                     args.rate, args.warmup))
             still = http.get(f"/v1/jobs/{job['id']}").json()["status"]
             rows = []
             for size_mb in (int(s) for s in args.sizes.split(",") if s.strip()):
@@ -166,12 +207,15 @@ def main() -> int:
                 blob.unlink()
             http.post(f"/v1/jobs/{job['id']}/cancel")
             http.close()
-    print(f"status polls: GET /v1/jobs/{{id}} offered at {args.rate:.0f}/s over {args.concurrency} connections "
-          f"for {args.seconds:.0f} s, "
+    print(f"status polls: GET /v1/jobs/{{id}} of {args.jobs} jobs offered at {args.rate:.0f}/s over "
+          f"{args.concurrency} connections for {args.seconds:.0f} s after {args.warmup:.0f} s of warm-up, "
           f"{args.api_workers} API worker process(es), a BISE job {still} on the worker meanwhile")
     print(f"{'requests':>9s} {'req/s':>8s} {'errors':>7s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
     print(f"{polls['requests']:9d} {polls['rps']:8.0f} {polls['errors']:7d} {polls['p50_ms']:7.1f} "
           f"{polls['p95_ms']:7.1f} {polls['p99_ms']:7.1f} {polls['max_ms']:7.1f}")
+    print(f"load generator's worst event-loop lag: {polls['generator_lag_ms']:.0f} ms")
+    print("slowest one-second windows (second from the start, warm-up included: worst latency): "
+          + ", ".join(f"{second}: {1000 * worst:.0f} ms" for second, worst in polls["slowest_seconds"]))
     print(f"\n{args.uploads} concurrent model uploads per size; API peak RSS (VmHWM) before and after")
     print(f"{'size MB':>8s} {'total MB':>9s} {'seconds':>8s} {'MB/s':>7s} {'p50 s':>7s} {'max s':>7s} "
           f"{'RSS before':>11s} {'RSS after':>10s}")

@@ -15,6 +15,7 @@ from typing import Iterator
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import job_versions
 from service.settings import get_settings
 
 
@@ -44,7 +45,9 @@ def get_engine() -> Engine:
 
 @lru_cache(maxsize=8)
 def _factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+    factory = sessionmaker(bind=engine_for(url), expire_on_commit=False)
+    job_versions.install(factory)  # cached job copies in the API follow every committed job write
+    return factory
 
 
 def session_factory() -> sessionmaker[Session]:

@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from service.redis_client import get_redis
+from service.redis_client import get_redis, loop_redis
 from service.settings import get_settings
 
 TTL_SECONDS = 60.0
@@ -52,6 +52,21 @@ def current_generation() -> bytes | None:
         if token is None:
             client.set(_generation_key(), uuid.uuid4().hex, nx=True)
             token = client.get(_generation_key())
+        return token
+    except redis.RedisError:
+        return None
+
+
+async def current_generation_async() -> bytes | None:
+    """:func:`current_generation` for request handlers that run on the event loop."""
+    client = loop_redis()
+    if client is None:
+        return None
+    try:
+        token = await client.get(_generation_key())
+        if token is None:
+            await client.set(_generation_key(), uuid.uuid4().hex, nx=True)
+            token = await client.get(_generation_key())
         return token
     except redis.RedisError:
         return None

@@ -60,6 +60,11 @@ def project_for_key(session: Session, raw: str) -> tuple[str, str] | None:
     cached = key_cache.lookup(digest, generation)
     if cached is not None:
         return cached.project_id, cached.key_id
+    return key_from_database(session, digest, generation)
+
+
+def key_from_database(session: Session, digest: str, generation: bytes | None) -> tuple[str, str] | None:
+    """The uncached half of :func:`project_for_key` (remembers what it finds)."""
     row = session.execute(
         select(ApiKey.project_id, ApiKey.id).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()

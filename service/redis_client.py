@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from functools import lru_cache
 
 import redis
@@ -25,3 +27,24 @@ def async_redis() -> aioredis.Redis | None:
     """A fresh asyncio client (one per event loop; SSE streams block on XREAD), or None."""
     url = get_settings().redis_url
     return aioredis.Redis.from_url(url, socket_connect_timeout=2.0) if url else None
+
+
+_loop_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, aioredis.Redis]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def loop_redis() -> aioredis.Redis | None:
+    """The asyncio client of the running event loop (created on first use), or None.
+
+    Request handlers share it: a client per request would open a connection per request.
+    Clients are bound to the loop that made their connections, hence one per loop.
+    """
+    url = get_settings().redis_url
+    if not url:
+        return None
+    loop = asyncio.get_running_loop()
+    known = _loop_clients.get(loop)
+    if known is None or known[0] != url:  # tests point the service at another Redis by changing the setting
+        known = (url, aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+        _loop_clients[loop] = known
+    return known[1]

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(15.0, gt=0, description="how often a worker looks for expired leases")
     visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=60, description="Redis broker visibility timeout")
     max_attempts: int = Field(5, ge=1, description="job runs (resumes included) before it is failed")
+    worker_nice: int = Field(10, ge=0, le=19, description=(
+        "niceness the workers add to themselves: where the API shares the machine, its requests "
+        "go before batch compute (0 keeps the scheduler's default)"))
     job_memory_bytes: int = Field(32 * 1024**3, ge=1024**2,
                                   description="a job's estimated peak memory above which it is refused (422)")
 

@@ -6,7 +6,9 @@ fork at all), and torch is only imported inside tasks.
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+import os
+
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from service.logs import RedactKeys
 from service.queue import make_celery
@@ -15,6 +17,15 @@ from service.settings import get_settings
 app = make_celery(get_settings())
 app.conf.imports = ("worker.tasks",)
 _reaper = None
+
+
+@worker_init.connect
+def _lower_priority(**_: object) -> None:
+    """BISE jobs are batch work: on a host shared with the API (the embedded set-up, small
+    deployments) a poll must not wait behind a training step for its CPU time slice."""
+    niceness = get_settings().worker_nice
+    if niceness:
+        os.nice(niceness)
 
 
 @worker_ready.connect

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from service import queue
 from service.db import session_scope
@@ -25,19 +27,29 @@ from service.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+def _stamp_jobs(session: Session, now: datetime, *where: Any) -> list[str]:
+    """Stamp ``dispatched_at`` on the jobs matching ``where``; their ids.
+
+    Selected first (rows locked, those another reaper holds skipped), then updated by id:
+    an update that names its jobs voids only their cached copies in the API
+    (service.job_versions), where a bare status filter would void all of them every round.
+    """
+    ids = list(session.scalars(select(Job.id).where(*where).with_for_update(skip_locked=True)))
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(dispatched_at=now))
+    return ids
+
+
 def reap_once(settings: Settings) -> dict[str, list[str]]:
     now = utcnow()
     stale = now - timedelta(seconds=settings.requeue_after_seconds)
     grace = now - timedelta(seconds=max(2 * settings.reaper_seconds, settings.heartbeat_seconds * 2))
     found: dict[str, list[str]] = {}
     with session_scope() as session:
-        found["expired"] = list(session.scalars(
-            update(Job).where(Job.status == RUNNING, Job.lease_expires_at < now,
-                              or_(Job.dispatched_at.is_(None), Job.dispatched_at < grace))
-            .values(dispatched_at=now).returning(Job.id)))
-        found["queued"] = list(session.scalars(
-            update(Job).where(Job.status == QUEUED, or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale))
-            .values(dispatched_at=now).returning(Job.id)))
+        found["expired"] = _stamp_jobs(session, now, Job.status == RUNNING, Job.lease_expires_at < now,
+                                       or_(Job.dispatched_at.is_(None), Job.dispatched_at < grace))
+        found["queued"] = _stamp_jobs(session, now, Job.status == QUEUED,
+                                      or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale))
         for cls, name in ((Model, "models"), (Dataset, "datasets")):
             found[name] = list(session.scalars(
                 update(cls).where(cls.status == VALIDATING, cls.deleted_at.is_(None), cls.created_at < stale,
