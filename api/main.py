@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -30,6 +31,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         upgrade()
         log.info("database migrated")
+    # Everything loaded so far (FastAPI, pydantic, SQLAlchemy, the routes) lives as long as
+    # the process. Frozen, it is no longer rescanned by full collections, which otherwise
+    # took ~90 ms of a request's time every so often (measured: p99 of status polls).
+    gc.collect()
+    gc.freeze()
     yield
 
 

@@ -76,6 +76,16 @@ def test_importing_the_worker_does_not_initialise_cuda():
     assert proc.stdout.strip() == "ok", proc.stderr
 
 
+@pytest.mark.parametrize("niceness", ["0", "7"])
+def test_workers_lower_their_own_priority(niceness):
+    """Celery's worker_init signal renices the worker by BISE_WORKER_NICE (0: left alone)."""
+    code = ("import os; from celery.signals import worker_init; import worker.app; "
+            "before = os.nice(0); worker_init.send(sender=None); print(os.nice(0) - before)")
+    env = {**os.environ, "BISE_WORKER_NICE": niceness}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.stdout.strip() == niceness, proc.stderr
+
+
 def _sandboxed(*args: str, code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "worker.sandbox_exec", *args, "--", sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=120)
