@@ -38,6 +38,7 @@ import _common as C  # noqa: I001  (sibling module; also puts the repo root on s
 import torch
 
 from bise_core.config import BiseConfig
+from bise_core.data.splits import Dataset, Split
 from bise_core.objective import majority_bias
 from bise_core.pipeline import prune
 
@@ -99,9 +100,9 @@ def warm_up(args: argparse.Namespace, work: Path) -> None:
     """One throwaway miniature of every step, so one-off costs (TorchScript compilation, the
     TorchScript->FX converter, first autograd/kernel calls) are not billed to the first rho."""
     data = C.load_data(args.rho[0], 200, 0, args.size)
-    tiny = C.Dataset(splits={k: C.Split(s.x[:64], s.y[:64], s.b[:64]) for k, s in data.splits.items()},
-                     num_classes=data.num_classes, bias_cardinalities=data.bias_cardinalities,
-                     bias_names=data.bias_names)
+    tiny = Dataset(splits={k: Split(s.x[:64], s.y[:64], s.b[:64]) for k, s in data.splits.items()},
+                   num_classes=data.num_classes, bias_cardinalities=data.bias_cardinalities,
+                   bias_names=data.bias_names)
     path = C.train_and_save(args.arch, tiny, work / "warmup.pt", epochs=1, seed=0, fmt=args.format)
     cfg = BiseConfig(max_epochs=1, aux_pretrain_epochs=1, aux_epochs=1, device=args.device)
     prune(path, tiny, work / "warmup", cfg)

@@ -7,10 +7,14 @@
   graph), ``find_units`` + ``GatedModel`` (through ``backends.prepare``, as ``prune`` does)
   in soft (straight-through) mode, the aux heads, ``Objective.loss`` (group-weighted CE +
   gamma * MI, with its ``.item()`` calls), backward to the mask parameters only, the mask
-  optimiser step, and the ``units_kept()`` the engine reports after every step. The mask
+  optimiser step, and the ``units_kept()`` the engine reports after every step, run through
+  the engine's ``Execution`` (its memory-layout, precision and compile choices). The mask
   optimiser is the preset's (``loop._mask_optimizer``; ``--mask-optimizer sgd`` forces
   ``SGD(mask_parameters(), lr=0.05, momentum=0.9)``). Per-epoch work that is not a step
   (aux-head refresh, validation checks) is not included.
+
+The plain step uses the default memory layout, as training code usually does;
+``--plain-layout channels_last`` measures it against a plain step in channels_last too.
 
 Both run on the same batch (already on the device), ``--warmup`` untimed iterations then
 ``--iters`` timed ones, plain and BISE interleaved so load drift hits both alike; the table
@@ -39,6 +43,7 @@ import torch.nn.functional as F
 from bise_core.config import BiseConfig
 from bise_core.data.splits import Split
 from bise_core.backends import prepare
+from bise_core.execution import Execution
 from bise_core.gates import GateControls
 from bise_core import loop as engine_loop
 from bise_core.models import load_model
@@ -60,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--plain-optimizer", choices=["adam", "sgd"], default="adam",
                    help="optimiser of the plain step (Adam lr 1e-3 or SGD lr 0.01 momentum 0.9)")
+    p.add_argument("--plain-layout", choices=["default", "channels_last"], default="default",
+                   help="memory format of the plain step's model and batch (the BISE step picks its own)")
     p.add_argument("--preset", choices=["fast", "paper"], default="fast",
                    help="which preset's objective (gamma, MI estimator, MI samples) the BISE step uses")
     p.add_argument("--mask-optimizer", choices=["preset", "sgd"], default="preset",
@@ -95,12 +102,13 @@ def plain_step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.T
     return step
 
 
-def bise_step_fn(gated: GateControls, heads: AuxHeads, objective: Objective, opt: torch.optim.Optimizer,
-                 normalise: bool, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor,
+def bise_step_fn(gated: GateControls, execution: Execution, heads: AuxHeads, objective: Objective,
+                 opt: torch.optim.Optimizer, normalise: bool, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor,
                  w: torch.Tensor) -> Callable[[], None]:
     def step() -> None:  # the body of BiseLoop._mask_epoch's batch loop, data already on device
-        logits, z = gated(x)  # type: ignore[operator]
-        loss, parts = objective.loss(logits, heads(z), y, b, w)
+        with execution.autocast():
+            logits, z = execution.forward(execution.layout(x))
+        loss, parts = objective.loss(logits.float(), heads(z.float()), y, b, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if normalise:
@@ -129,10 +137,14 @@ def measure(arch: str, args: argparse.Namespace, device: torch.device, work: Pat
     model = C.zoo.build(arch, shape, NUM_CLASSES)
     path = C.save_archive(model, data.x[:2], work / f"{arch}.pt", args.format)  # saved before any step changes it
     model.to(device).train()
+    plain_x = x
+    if args.plain_layout == "channels_last" and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        plain_x = x.contiguous(memory_format=torch.channels_last)
     params = list(model.parameters())
     plain_opt = (torch.optim.Adam(params, lr=1e-3) if args.plain_optimizer == "adam"
                  else torch.optim.SGD(params, lr=0.01, momentum=0.9))
-    plain = plain_step_fn(model, plain_opt, x, y)
+    plain = plain_step_fn(model, plain_opt, plain_x, y)
 
     # BISE: what pipeline.prune + BiseLoop build
     cfg = BiseConfig(preset=args.preset, seed=args.seed, device=str(device))
@@ -154,7 +166,8 @@ def measure(arch: str, args: argparse.Namespace, device: torch.device, work: Pat
         mask_opt = engine_loop._mask_optimizer(cfg, gated.mask_parameters())
         opt_name, normalise = f"{cfg.mask_optimizer} lr={cfg.mask_lr:g}", cfg.mask_optimizer == "nsgd"
     w = group_weights(data.y, data.b).to(device)
-    bise = bise_step_fn(gated, heads, objective, mask_opt, normalise, x, y, b, w)
+    execution = Execution.for_config(cfg, gated, x[:8])  # the engine's layout, precision and compile choices
+    bise = bise_step_fn(gated, execution, heads, objective, mask_opt, normalise, x, y, b, w)
 
     trainable = sum(p.numel() for p in gated.parameters() if p.requires_grad)  # type: ignore[attr-defined]
     assert trainable == units.total_units, "only the mask should be trainable"
@@ -175,7 +188,7 @@ def measure(arch: str, args: argparse.Namespace, device: torch.device, work: Pat
     bise_ms = statistics.median(bise_times) * 1e3
     return {"model": arch, "device": str(device), "batch": args.batch, "plain_ms": plain_ms, "bise_ms": bise_ms,
             "ratio": bise_ms / plain_ms, "units": units.total_units, "mask_optimizer": opt_name,
-            "backend": prepared.backend, "params": sum(p.numel() for p in params),
+            "backend": prepared.backend, "channels_last": execution.channels_last, "params": sum(p.numel() for p in params),
             "plain_iqr": _iqr(plain_times), "bise_iqr": _iqr(bise_times)}
 
 
@@ -206,12 +219,12 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(r)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"\n### One BISE mask step vs one plain training step (median of {args.iters} after {args.warmup} warmup; "
-          f"plain optimiser {args.plain_optimizer}; BISE: {args.preset} preset objective, mask optimiser "
+          f"plain optimiser {args.plain_optimizer}, layout {args.plain_layout}; BISE: {args.preset} preset objective, mask optimiser "
           f"{rows[0]['mask_optimizer'] if rows else '-'})\n")
     print(C.markdown_table(
-        ["model", "device", "batch", "plain step ms", "BISE step ms", "ratio"],
-        [[r["model"], r["device"], r["batch"], f"{r['plain_ms']:.1f}", f"{r['bise_ms']:.1f}", f"{r['ratio']:.2f}"]
-         for r in rows],
+        ["model", "device", "batch", "BISE layout", "plain step ms", "BISE step ms", "ratio"],
+        [[r["model"], r["device"], r["batch"], "channels_last" if r["channels_last"] else "plain",
+          f"{r['plain_ms']:.1f}", f"{r['bise_ms']:.1f}", f"{r['ratio']:.2f}"] for r in rows],
     ))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {name}; "
           + "; ".join(f"{r['model']}: {r['params']:,} weights, {r['units']} units ({r['backend']}), IQR plain "

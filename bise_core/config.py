@@ -38,6 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         aux_lr=1e-2,
         aux_optimizer="adam",
         aux_cached_features=True,
+        aux_max_samples=0,
         mi_estimator="entropy_ce",
         mi_samples="all",
         early_stop_periods=4,
@@ -62,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         aux_lr=0.1,
         aux_optimizer="sgd",
         aux_cached_features=False,
+        aux_max_samples=0,
         mi_estimator="soft_joint",
         mi_samples="conflicting",
         early_stop_periods=0,
@@ -96,6 +98,11 @@ class BiseConfig(BaseModel):
     aux_lr: float | None = Field(None, gt=0.0, le=10.0)
     aux_optimizer: Literal["adam", "sgd"] | None = None
     aux_cached_features: bool | None = None
+    aux_max_samples: int | None = Field(
+        None, ge=0, le=10_000_000, description=(
+            "refresh the aux heads on at most this many training samples (a fixed random subset; 0: all). "
+            "A head predicts b from the bottleneck: on large splits a subset fits it as well at a fraction "
+            "of the forward pass that feeds it"))
     mi_estimator: Literal["entropy_ce", "soft_joint"] | None = None
     mi_samples: Literal["all", "conflicting"] | None = None
     early_stop_periods: int | None = Field(
@@ -125,7 +132,9 @@ class BiseConfig(BaseModel):
     # how the mask epochs execute (speed, not the algorithm; a resumed job may change them)
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast the masked forward and the loss on CUDA (ignored on CPU)")
-    channels_last: bool = Field(False, description="channels_last memory format for image models on CUDA")
+    channels_last: bool | None = Field(None, description=(
+        "channels_last memory format for 4-D inputs; unset: used when the model has convolutions and gives "
+        "the same outputs in it (checked on a batch at the start; 1.4-1.8x faster convolutions on CPU)"))
     torch_compile: bool = Field(False, description="torch.compile the masked forward (the first steps compile)")
     data_placement: Literal["auto", "host"] = Field(
         "auto", description="auto: the training split moves to the GPU once when it fits; host: batch by batch")

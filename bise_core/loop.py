@@ -53,6 +53,17 @@ def _has_two_groups(split: Split | None) -> bool:
     return len(torch.unique(keys, dim=0)) >= 2
 
 
+def _aux_rows(n: int, limit: int, seed: int) -> torch.Tensor | None:
+    """The training rows the aux heads learn from: all (None) or a fixed random subset.
+
+    Drawn from its own generator, so that runs on splits under the limit draw exactly the
+    random numbers they drew before the limit existed, and a resumed run gets the same rows.
+    """
+    if limit <= 0 or n <= limit:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:limit].sort().values
+
+
 def _mask_optimizer(cfg: BiseConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """SGD (the paper's) or Adam, whose per-unit step size does not depend on how large a
     layer's gradients are (a conv gate sums over every pixel, a linear gate does not)."""
@@ -96,6 +107,7 @@ class BiseLoop:
         self.gen = seed_everything(config.seed)
         self.device = config.device
         self._feature_memo: tuple[tuple[bytes, ...], torch.Tensor] | None = None
+        self.aux_rows = _aux_rows(len(self.train), int(config.aux_max_samples or 0), int(config.seed))
         self._val_memo: tuple[tuple[bytes, ...], float] | None = None
         self.weights = group_weights(self.train.y, self.train.b)
         sampled = config.group_balance == "sampling"
@@ -114,7 +126,7 @@ class BiseLoop:
         self.optimizer = _mask_optimizer(config, gated.mask_parameters())
         self.staged = stage(self.train.x, self.train.y, self.train.b, self.batch_weights, self.device,
                             config.data_placement)
-        self.execution = Execution.for_config(config, self.gated, self.train.x.dim())
+        self.execution = Execution.for_config(config, self.gated, self.train.x[:8].to(self.device))
         selection = config.selection or ("best_val" if _has_two_groups(self.val) else "last")
         if selection == "best_val" and not _has_two_groups(self.val):
             selection = "last"
@@ -137,7 +149,8 @@ class BiseLoop:
         self.gated.set_mode("hard")
         key = self._hard_mask_key()
         if self._feature_memo is None or self._feature_memo[0] != key:
-            _, z = predict(self.gated, self.train.x, self.cfg.eval_batch_size, self.device)
+            x = self.train.x if self.aux_rows is None else self.train.x[self.aux_rows]
+            _, z = predict(self.gated, x, self.cfg.eval_batch_size, self.device)
             self._feature_memo = (key, z.to(self.device))
         return self._feature_memo[1]
 
@@ -145,7 +158,7 @@ class BiseLoop:
         """Retrain the aux heads to predict b from the *current* pruned bottleneck."""
         if epochs <= 0:
             return
-        b = self.train.b.to(self.device)
+        b = (self.train.b if self.aux_rows is None else self.train.b[self.aux_rows]).to(self.device)
         kwargs = dict(lr=float(self.cfg.aux_lr), optimizer=str(self.cfg.aux_optimizer),  # type: ignore[arg-type]
                       batch_size=int(self.cfg.batch_size), generator=self.gen)  # type: ignore[arg-type]
         self.heads.requires_grad_(True)

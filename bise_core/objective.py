@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bise_core.data.splits import Split
+from bise_core.head_fit import fit_linear_heads_adam
 
 
 def group_weights(y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -128,6 +129,10 @@ def train_heads(
 ) -> None:
     """Fit the aux heads on cached bottleneck features (cheap: no pass through the network)."""
     if epochs <= 0:
+        return
+    if optimizer == "adam" and all(isinstance(h, nn.Linear) and h.bias is not None for h in heads.heads):
+        fit_linear_heads_adam(list(heads.heads), z, b, epochs=epochs, lr=lr, batch_size=batch_size,  # type: ignore[arg-type]
+                              generator=generator)
         return
     params = list(heads.parameters())
     opt = (

@@ -75,3 +75,45 @@ def test_presets_fill_only_what_the_user_left_unset():
 def test_bad_hyperparameters_are_rejected(bad):
     with pytest.raises(ValidationError):
         BiseConfig(**bad)
+
+
+def test_head_refresh_without_autograd_matches_torch_adam():
+    """objective.train_heads' closed-form path (head_fit) = autograd + torch.optim.Adam, to rounding,
+    drawing the same permutations (two heads of different widths, a last batch that is short)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from bise_core.objective import AuxHeads, train_heads
+
+    torch.manual_seed(0)
+    z = torch.randn(1000, 16)
+    b = torch.stack([torch.randint(0, 5, (1000,)), torch.randint(0, 2, (1000,))], dim=1)
+    fast = AuxHeads(16, [5, 2])
+    reference = copy.deepcopy(fast)
+    initial = [p.clone() for p in fast.parameters()]
+    gen_fast, gen_ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    train_heads(fast, z, b, epochs=3, lr=1e-2, optimizer="adam", batch_size=96, generator=gen_fast)
+    opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    for _ in range(3):
+        order = torch.randperm(1000, generator=gen_ref)
+        for start in range(0, 1000, 96):
+            idx = order[start:start + 96]
+            loss = sum(F.cross_entropy(out, b[idx, j]) for j, out in enumerate(reference(z[idx])))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for mine, theirs, start in zip(fast.parameters(), reference.parameters(), initial):
+        assert not torch.allclose(mine, start, atol=1e-3)  # it did train
+        assert torch.allclose(mine, theirs, atol=1e-6), (mine - theirs).abs().max()
+    assert torch.equal(gen_fast.get_state(), gen_ref.get_state())
+
+
+def test_aux_heads_subset_is_fixed_and_only_for_large_splits():
+    from bise_core.loop import _aux_rows
+
+    assert _aux_rows(500, 0, seed=1) is None and _aux_rows(500, 500, seed=1) is None
+    rows = _aux_rows(5000, 300, seed=1)
+    assert rows is not None and len(rows) == 300 and len(set(rows.tolist())) == 300
+    assert torch.equal(rows, rows.sort().values) and int(rows.max()) < 5000
+    assert torch.equal(rows, _aux_rows(5000, 300, seed=1)) and not torch.equal(rows, _aux_rows(5000, 300, seed=2))
