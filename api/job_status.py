@@ -29,7 +29,7 @@ from service.redis_client import loop_redis
 from service.settings import get_settings
 
 ENTRY_TTL_SECONDS = 30.0  # bounds staleness if a writer could not reach Redis to replace a token
-MAX_ENTRIES = 50_000
+MAX_ENTRIES = 10_000  # a few KB each: bounded memory per API process
 
 
 @dataclass(frozen=True)

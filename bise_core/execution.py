@@ -30,7 +30,7 @@ class Execution:
         """``sample``: a few training inputs on the device (the channels_last check runs them)."""
         device_type = torch.device(config.device).type
         on_gpu = device_type == "cuda"
-        channels_last = _use_channels_last(config.channels_last, gated, sample)
+        channels_last = use_channels_last(config.channels_last, gated, sample)
         forward = torch.compile(gated) if config.torch_compile else gated
         return cls(forward=forward, device_type=device_type, bf16=config.precision == "bf16" and on_gpu,
                    channels_last=channels_last)
@@ -49,9 +49,10 @@ def _outputs(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [t.float() for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
 
 
-def _use_channels_last(wanted: bool | None, gated: Any, sample: torch.Tensor) -> bool:
-    """Convert ``gated`` to channels_last when ``wanted`` (None: when it has 4-D kernels and
-    its outputs on ``sample`` match the plain layout's); leaves it unchanged otherwise."""
+def use_channels_last(wanted: bool | None, gated: Any, sample: torch.Tensor) -> bool:
+    """Convert ``gated`` (a gated model, or any forward module) to channels_last when
+    ``wanted`` (None: when it has 4-D kernels and its outputs on ``sample`` match the plain
+    layout's); leaves it unchanged otherwise. Idempotent."""
     if wanted is False or sample.dim() != 4 or not isinstance(gated, torch.nn.Module):
         return False
     if wanted is None and not any(t.dim() == 4 for t in (*gated.parameters(), *gated.buffers())):  # frozen: buffers
@@ -61,7 +62,8 @@ def _use_channels_last(wanted: bool | None, gated: Any, sample: torch.Tensor) ->
         return True
     modes = [getattr(g, "mode", None) for g in getattr(gated, "gates", [])]
     try:
-        gated.set_mode("dense")  # type: ignore[attr-defined]
+        if hasattr(gated, "set_mode"):
+            gated.set_mode("dense")
         with torch.no_grad():
             plain = _outputs(gated, sample)
             gated.to(memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from bise_core.data import open_dataset
 from bise_core.data.splits import Dataset
 from bise_core.errors import BiseInputError
 from bise_core.evaluate import evaluate_model
+from bise_core.execution import use_channels_last
 from bise_core.backends import dense_forward, params_and_flops, prepare
 from bise_core.gates import GateControls
 from bise_core.loop import BiseLoop, ProgressCallback, StopCheck
@@ -105,6 +106,8 @@ def prune(
     eval_kwargs = dict(batch_size=cfg.eval_batch_size, device=cfg.device, seed=cfg.seed)
 
     gated = prepared.gated.to(cfg.device)  # type: ignore[attr-defined]
+    layout_sample = dataset.splits["train"].x[:8].to(cfg.device)
+    use_channels_last(cfg.channels_last, gated, layout_sample)  # the evaluation runs in the loop's layout
     with timer.phase("evaluate_vanilla", emit):
         gated.set_mode("dense")
         vanilla = evaluate_model(gated, dataset.splits, majority, dataset.bias_cardinalities,
@@ -124,6 +127,7 @@ def prune(
 
     with timer.phase("evaluate_pruned", emit):
         pruned_forward = dense_forward(pruned_loaded, example, units.classifier).to(cfg.device)
+        use_channels_last(cfg.channels_last, pruned_forward, layout_sample)
         pruned = evaluate_model(pruned_forward, dataset.splits, majority, dataset.bias_cardinalities,
                                 dataset.bias_names, **eval_kwargs)  # type: ignore[arg-type]
 
