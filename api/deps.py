@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from service import key_cache
 from service.db import read_session_factory, session_factory
-from service.keys import hash_key, key_from_database, project_for_key
-from service.redis_client import get_redis, loop_redis
+from service.keys import hash_key, key_from_database
+from service.redis_client import loop_redis
 from service.settings import Settings, get_settings
 
 
@@ -42,75 +42,26 @@ def _unauthorized(detail: str) -> ApiError:
                     headers={"WWW-Authenticate": 'Bearer realm="bise"'})
 
 
-@dataclass(frozen=True)
-class _Window:
-    """One key's fixed one-minute rate-limit window in Redis."""
-    limit: int
-    now: float
-    bucket: str
-
-    @classmethod
-    def of(cls, settings: Settings, key_id: str) -> "_Window":
-        now = time.time()
-        return cls(settings.rate_limit_per_minute, now, f"{settings.redis_prefix}rl:{key_id}:{int(now // 60)}")
-
-    def check(self, count: int) -> None:
-        if count > self.limit:
-            retry = max(1, int((self.now // 60 + 1) * 60 - self.now) + 1)
-            raise ApiError(429, f"rate limit of {self.limit} requests per minute exceeded; retry in {retry} s",
-                           code="rate_limited", headers={"Retry-After": str(retry)})
-
-
-def _rate_limit(settings: Settings, key_id: str) -> None:
+async def _rate_limit(settings: Settings, key_id: str) -> None:
     """Fixed one-minute window per key in Redis; fails open when Redis is down (readyz says so)."""
-    client = get_redis()
-    if settings.rate_limit_per_minute <= 0 or client is None:  # embedded single-user set-up: no limit
-        return
-    window = _Window.of(settings, key_id)
-    try:
-        pipe = client.pipeline()
-        pipe.incr(window.bucket)
-        pipe.expire(window.bucket, 120)
-        count = int(pipe.execute()[0])
-    except redis.RedisError:
-        return
-    window.check(count)
-
-
-async def _rate_limit_async(settings: Settings, key_id: str) -> None:
-    """:func:`_rate_limit` on the event loop."""
+    limit = settings.rate_limit_per_minute
     client = loop_redis()
-    if settings.rate_limit_per_minute <= 0 or client is None:
+    if limit <= 0 or client is None:  # no Redis: the embedded single-user set-up has no limit
         return
-    window = _Window.of(settings, key_id)
+    now = time.time()
+    window = int(now // 60)
+    bucket = f"{settings.redis_prefix}rl:{key_id}:{window}"
     try:
         pipe = client.pipeline()
-        pipe.incr(window.bucket)
-        pipe.expire(window.bucket, 120)
+        pipe.incr(bucket)
+        pipe.expire(bucket, 120)
         count = int((await pipe.execute())[0])
     except redis.RedisError:
         return
-    window.check(count)
-
-
-def _bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    return token.strip()
-
-
-def _known(request: Request, found: tuple[str, str] | None) -> Caller:
-    if found is None:
-        raise _unauthorized("invalid or revoked API key")
-    request.state.project_id = found[0]
-    return Caller(project_id=found[0], key_id=found[1])
-
-
-def get_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> Caller:
-    caller = _known(request, project_for_key(session, _bearer(request)))
-    _rate_limit(get_settings(), caller.key_id)
-    return caller
+    if count > limit:
+        retry = max(1, int((window + 1) * 60 - now) + 1)
+        raise ApiError(429, f"rate limit of {limit} requests per minute exceeded; retry in {retry} s",
+                       code="rate_limited", headers={"Retry-After": str(retry)})
 
 
 def _key_from_database(digest: str, generation: bytes | None) -> tuple[str, str] | None:
@@ -118,25 +69,28 @@ def _key_from_database(digest: str, generation: bytes | None) -> tuple[str, str]
         return key_from_database(session, digest, generation)
 
 
-async def get_caller_async(request: Request) -> Caller:
-    """:func:`get_caller` without a thread: a cached key costs one Redis round trip on the loop.
-
-    For the hottest endpoints (status polls), where a thread-pool hop and a database session
-    per request were most of the cost. The database is only asked on a cache miss.
-    """
-    digest = hash_key(_bearer(request))
-    generation = await key_cache.current_generation_async()
+async def get_caller(request: Request) -> Caller:
+    """The calling project. Runs on the event loop: a cached key costs one Redis round trip,
+    and only a cache miss takes a thread-pool hop to the database (for status polls, that
+    hop and a session per request had been most of the cost)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    digest = hash_key(token.strip())
+    generation = await key_cache.current_generation()
     cached = key_cache.lookup(digest, generation)
     found = ((cached.project_id, cached.key_id) if cached is not None
              else await run_in_threadpool(_key_from_database, digest, generation))
-    caller = _known(request, found)
-    await _rate_limit_async(get_settings(), caller.key_id)
-    return caller
+    if found is None:
+        raise _unauthorized("invalid or revoked API key")
+    project_id, key_id = found
+    await _rate_limit(get_settings(), key_id)
+    request.state.project_id = project_id
+    return Caller(project_id=project_id, key_id=key_id)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
-AsyncCallerDep = Annotated[Caller, Depends(get_caller_async)]
 
 
 @dataclass(frozen=True)

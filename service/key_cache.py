@@ -42,23 +42,8 @@ def _generation_key() -> str:
     return f"{get_settings().redis_prefix}auth:generation"
 
 
-def current_generation() -> bytes | None:
+async def current_generation() -> bytes | None:
     """The shared token, created on first use; None without a reachable Redis (no caching then)."""
-    client = get_redis()
-    if client is None:
-        return None
-    try:
-        token = client.get(_generation_key())
-        if token is None:
-            client.set(_generation_key(), uuid.uuid4().hex, nx=True)
-            token = client.get(_generation_key())
-        return token
-    except redis.RedisError:
-        return None
-
-
-async def current_generation_async() -> bytes | None:
-    """:func:`current_generation` for request handlers that run on the event loop."""
     client = loop_redis()
     if client is None:
         return None

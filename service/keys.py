@@ -53,18 +53,9 @@ def revoke_key(session: Session, key_or_id: str) -> ApiKey | None:
     return key
 
 
-def project_for_key(session: Session, raw: str) -> tuple[str, str] | None:
-    """(project id, key id) of a valid key; served from service.key_cache when it can be."""
-    digest = hash_key(raw)
-    generation = key_cache.current_generation()
-    cached = key_cache.lookup(digest, generation)
-    if cached is not None:
-        return cached.project_id, cached.key_id
-    return key_from_database(session, digest, generation)
-
-
 def key_from_database(session: Session, digest: str, generation: bytes | None) -> tuple[str, str] | None:
-    """The uncached half of :func:`project_for_key` (remembers what it finds)."""
+    """(project id, key id) of a valid key from the database, remembered in service.key_cache
+    (the API asks key_cache first, on the event loop, and comes here on a miss)."""
     row = session.execute(
         select(ApiKey.project_id, ApiKey.id).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).first()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import AsyncCallerDep, CallerDep, PageDep, SessionDep
+from api.deps import CallerDep, PageDep, SessionDep
 from api.job_status import job_body
 from api.errors import PROBLEM_RESPONSES, ApiError, field_error
 from api.resources import list_owned, owned
@@ -120,7 +120,7 @@ def list_jobs(request: Request, caller: CallerDep, session: SessionDep, page: Pa
 
 
 @router.get("/{job_id}", response_model=JobObject, summary="Get a job: status, progress, metrics, error")
-async def get_job(job_id: str, caller: AsyncCallerDep) -> Any:
+async def get_job(job_id: str, caller: CallerDep) -> Any:
     # The poll endpoint: served from a per-process copy that Redis vouches for (api.job_status).
     return Response(await job_body(job_id, caller.project_id), media_type="application/json")
 
