@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import redis
 from fastapi.concurrency import run_in_threadpool
 
 from api.errors import not_found
@@ -23,9 +22,9 @@ from api.schemas import JobObject
 from api.serialize import job_out
 from service.db import read_session_factory
 from service.ids import looks_like
-from service.job_versions import TOKEN_TTL_SECONDS, global_token_key, job_token_key, new_token
+from service.job_versions import TOKEN_TTL_SECONDS, global_token_key, job_token_key
 from service.models import Job
-from service.redis_client import loop_redis
+from service.redis_client import current_tokens
 from service.settings import get_settings
 
 ENTRY_TTL_SECONDS = 30.0  # bounds staleness if a writer could not reach Redis to replace a token
@@ -44,24 +43,10 @@ _entries: dict[str, Entry] = {}
 
 
 async def _current_tokens(job_id: str) -> tuple[bytes, bytes] | None:
-    """(job token, global token), created when missing; None when Redis cannot vouch."""
-    client = loop_redis()
-    if client is None:
-        return None
+    """(job token, global token); None when Redis cannot vouch."""
     prefix = get_settings().redis_prefix
-    keys = [job_token_key(prefix, job_id), global_token_key(prefix)]
-    try:
-        found = await client.mget(keys)
-        if None in found:  # first poll of this job, or Redis restarted: never overwrite a token
-            pipe = client.pipeline(transaction=False)
-            for key, value in zip(keys, found):
-                if value is None:
-                    pipe.set(key, new_token(), nx=True, ex=TOKEN_TTL_SECONDS)
-            await pipe.execute()
-            found = await client.mget(keys)
-    except redis.RedisError:
-        return None
-    return None if None in found else (found[0], found[1])
+    tokens = await current_tokens([job_token_key(prefix, job_id), global_token_key(prefix)], TOKEN_TTL_SECONDS)
+    return (tokens[0], tokens[1]) if tokens else None
 
 
 def _read(job_id: str) -> tuple[str, bytes] | None:

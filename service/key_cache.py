@@ -19,7 +19,7 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from service.redis_client import get_redis, loop_redis
+from service.redis_client import current_tokens, get_redis
 from service.settings import get_settings
 
 TTL_SECONDS = 60.0
@@ -44,17 +44,8 @@ def _generation_key() -> str:
 
 async def current_generation() -> bytes | None:
     """The shared token, created on first use; None without a reachable Redis (no caching then)."""
-    client = loop_redis()
-    if client is None:
-        return None
-    try:
-        token = await client.get(_generation_key())
-        if token is None:
-            await client.set(_generation_key(), uuid.uuid4().hex, nx=True)
-            token = await client.get(_generation_key())
-        return token
-    except redis.RedisError:
-        return None
+    tokens = await current_tokens([_generation_key()])
+    return tokens[0] if tokens else None
 
 
 def lookup(key_hash: str, generation: bytes | None) -> CachedKey | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from functools import lru_cache
 
@@ -48,3 +49,27 @@ def loop_redis() -> aioredis.Redis | None:
         known = (url, aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
         _loop_clients[loop] = known
     return known[1]
+
+
+async def current_tokens(keys: list[str], ttl_seconds: int | None = None) -> list[bytes] | None:
+    """The random version tokens stored at ``keys``, each created on first use (never
+    overwritten: a concurrent creator's token wins); None without a reachable Redis.
+
+    Caches in the API trust a copy only while the tokens it was read under are unchanged;
+    writers replace a token to void the copies (service.key_cache, service.job_versions).
+    """
+    client = loop_redis()
+    if client is None:
+        return None
+    try:
+        found = await client.mget(keys)
+        if None in found:  # first use, or Redis restarted or evicted the key
+            pipe = client.pipeline(transaction=False)
+            for key, value in zip(keys, found):
+                if value is None:
+                    pipe.set(key, uuid.uuid4().hex, nx=True, ex=ttl_seconds)
+            await pipe.execute()
+            found = await client.mget(keys)
+    except redis.RedisError:
+        return None
+    return None if None in found else list(found)
